@@ -1,0 +1,45 @@
+"""Leap0 sandboxes as Pulumi infrastructure.
+
+``import pulumi_leap0 as leap0`` gives the resource (``leap0.Sandbox``) and its argument
+types. They are loaded on first use, so the backend and the client do not pay for
+importing the Pulumi SDK.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pulumi_leap0.provider import SandboxProvider
+    from pulumi_leap0.resource import (
+        MountArgs,
+        NetworkPolicyArgs,
+        Sandbox,
+        SandboxArgs,
+        TransformArgs,
+    )
+
+__all__ = [
+    "MountArgs",
+    "NetworkPolicyArgs",
+    "Sandbox",
+    "SandboxArgs",
+    "SandboxProvider",
+    "TransformArgs",
+]
+
+_LAZY = {
+    "SandboxProvider": "pulumi_leap0.provider",
+    "Sandbox": "pulumi_leap0.resource",
+    "SandboxArgs": "pulumi_leap0.resource",
+    "MountArgs": "pulumi_leap0.resource",
+    "NetworkPolicyArgs": "pulumi_leap0.resource",
+    "TransformArgs": "pulumi_leap0.resource",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pulumi_leap0' has no attribute {name!r}")

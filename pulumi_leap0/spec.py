@@ -1,0 +1,600 @@
+"""The Leap0 API contract, once: limits, models, validation and normalization.
+
+Everything that knows a rule of the API derives it from here: the provider's ``check``,
+the backend's request validation, the policy pack's defaults and ``schema.json``. A model
+that validates is also normalized (defaults filled in, domains lower-cased, lists in a
+canonical order), so two requests that mean the same sandbox compare equal.
+
+Errors use the API's own shape: a field path such as ``mounts[1].prefix`` and one sentence.
+Messages never repeat the rejected value, because some fields hold credentials.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import posixpath
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# --- Limits and defaults -------------------------------------------------------------------
+
+VCPU_MIN, VCPU_MAX, VCPU_DEFAULT = 1, 8, 1
+MEMORY_MIN_MIB, MEMORY_MAX_MIB, MEMORY_DEFAULT_MIB = 512, 8192, 1024
+TIMEOUT_MIN_S, TIMEOUT_MAX_S, TIMEOUT_DEFAULT_S = 1, 28800, 300
+AUTO_PAUSE_DEFAULT = False
+MAX_MOUNTS = 8
+MAX_ALLOW_DOMAINS = 50
+MAX_ALLOW_CIDRS = 10
+MAX_TRANSFORMS = 20
+MAX_SANDBOXES_PER_ORG = 3
+EXECUTE_TIMEOUT_DEFAULT_S = 30
+LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX = 20, 100
+
+MOUNT_TYPE: Literal["object-storage"] = "object-storage"
+SANDBOX_ID_PREFIX = "sbx-"
+MOUNT_ID_PREFIX = "mnt-"
+
+#: No API call changes these on an existing sandbox: a change to any of them replaces it.
+REPLACE_ON_CHANGE: tuple[str, ...] = (
+    "template_name",
+    "env_vars",
+    "vcpu",
+    "memory",
+    "timeout",
+    "auto_pause",
+    "network_policy",
+)
+#: Changed in place through the mounts endpoints.
+UPDATABLE_IN_PLACE: tuple[str, ...] = ("mounts",)
+
+#: Paths of values that are credentials, in dotted form with ``[]`` for list items and
+#: ``{}`` for map values. Resources mark them secret; responses never carry them.
+SECRET_PATHS: tuple[str, ...] = (
+    "env_vars.{}",
+    "mounts[].access_key_id",
+    "mounts[].secret_access_key",
+    "network_policy.transforms[].inject_headers.{}",
+)
+
+
+class SandboxState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    UNPAUSING = "unpausing"
+    SNAPSHOTTING = "snapshotting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+#: States in which the sandbox is moving and calls that change it answer 409.
+TRANSITIONING_STATES = frozenset(
+    {
+        SandboxState.STARTING,
+        SandboxState.UNPAUSING,
+        SandboxState.SNAPSHOTTING,
+        SandboxState.STOPPING,
+        SandboxState.DELETING,
+    }
+)
+#: States in which the sandbox exists for its owner (and counts toward the quota).
+GONE_STATES = frozenset({SandboxState.DELETING, SandboxState.DELETED})
+
+NetworkMode = Literal["allow-all", "deny-all", "custom"]
+
+# --- Field rules ---------------------------------------------------------------------------
+
+# RFC 1123 host labels; an optional leading "*." makes a wildcard for every subdomain.
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# RFC 9110 token characters: what a header name may be made of.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# The sandbox's own kernel file systems cannot be covered by a mount.
+_RESERVED_MOUNT_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def _fail(kind: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, message)
+
+
+def normalize_domain(value: str) -> str:
+    domain = value.strip().lower().rstrip(".")
+    if len(domain) > 253 or not _DOMAIN_RE.match(domain) or "." not in domain.lstrip("*."):
+        raise _fail(
+            "domain",
+            "must be a valid domain name such as example.com, optionally with a leading '*.'",
+        )
+    return domain
+
+
+def normalize_cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise _fail("cidr", "must be an IPv4 CIDR such as 10.0.0.0/8") from None
+    if network.version != 4:
+        raise _fail("cidr", "must be an IPv4 CIDR such as 10.0.0.0/8")
+    return str(network)
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME_RE.match(value):
+        raise _fail("header_name", "must be a valid HTTP header name")
+    return value.lower()
+
+
+def _header_value(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise _fail("header_value", "must not contain line breaks")
+    return value
+
+
+def _env_name(name: str) -> str:
+    if not _ENV_NAME_RE.match(name):
+        raise _fail("env_name", "must be letters, digits and '_', and not start with a digit")
+    return name
+
+
+def _env_value(value: str) -> str:
+    if "\0" in value:
+        raise _fail("env_value", "must not contain NUL characters")
+    return value
+
+
+Domain = Annotated[str, AfterValidator(normalize_domain)]
+Cidr = Annotated[str, AfterValidator(normalize_cidr)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+EnvValue = Annotated[str, AfterValidator(_env_value)]
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored, as the API does; the models are values, not builders.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON body for the API: unset optional fields left out."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# --- Network policy ------------------------------------------------------------------------
+
+
+class TransformRule(_Model):
+    """A per-domain request transform rule for credential brokering or header manipulation."""
+
+    domain: Domain = Field(description="Domain pattern to match (e.g. `api.openai.com`).")
+    inject_headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict,
+        description="Headers to inject into matching requests. The values are credentials: "
+        "they never enter the sandbox.",
+        json_schema_extra={"secret": True},
+    )
+    strip_headers: list[HeaderName] = Field(
+        default_factory=list, description="Header names to strip from matching requests."
+    )
+
+    @field_validator("inject_headers")
+    @classmethod
+    def _sort_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return dict(sorted(headers.items()))
+
+    @field_validator("strip_headers")
+    @classmethod
+    def _sort_names(cls, names: list[str]) -> list[str]:
+        return sorted(set(names))
+
+
+class NetworkPolicy(_Model):
+    """Network egress policy for a sandbox. When omitted, defaults to allow-all."""
+
+    mode: NetworkMode = Field(
+        description="Policy mode. `allow-all` permits all egress, `deny-all` blocks all "
+        "egress, `custom` allows only the listed domains and CIDRs."
+    )
+    allow_domains: Annotated[list[Domain], Field(max_length=MAX_ALLOW_DOMAINS)] = Field(
+        default_factory=list,
+        description="Domain names to allow outbound access to (custom mode only); "
+        "`*.example.com` allows every subdomain.",
+    )
+    allow_cidrs: Annotated[list[Cidr], Field(max_length=MAX_ALLOW_CIDRS)] = Field(
+        default_factory=list,
+        description="IPv4 CIDR ranges to allow outbound access to (custom mode only).",
+    )
+    transforms: Annotated[list[TransformRule], Field(max_length=MAX_TRANSFORMS)] = Field(
+        default_factory=list,
+        description="Per-domain request transforms, such as credential brokering. Domains "
+        "with transforms are implicitly allowed.",
+    )
+
+    @field_validator("allow_domains", "allow_cidrs")
+    @classmethod
+    def _canonical_order(cls, values: list[str]) -> list[str]:
+        return sorted(set(values))
+
+    @field_validator("transforms")
+    @classmethod
+    def _transforms(cls, transforms: list[TransformRule]) -> list[TransformRule]:
+        domains = [t.domain for t in transforms]
+        if len(set(domains)) != len(domains):
+            raise _fail("unique", "each transform domain may appear only once")
+        return sorted(transforms, key=lambda t: t.domain)
+
+    @model_validator(mode="after")
+    def _lists_fit_mode(self) -> NetworkPolicy:
+        if self.mode != "custom":
+            for name in ("allow_domains", "allow_cidrs"):
+                if getattr(self, name):
+                    raise _fail("mode", f"{name} is allowed only when mode is custom")
+        if self.mode == "deny-all" and self.transforms:
+            raise _fail("mode", "transforms are not allowed when mode is deny-all")
+        return self
+
+    def allowed_domains(self) -> list[str]:
+        """Every domain the sandbox may reach: the listed ones and the transform domains."""
+        return sorted(set(self.allow_domains) | {t.domain for t in self.transforms})
+
+
+# --- Mounts --------------------------------------------------------------------------------
+
+
+def _mount_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise _fail("mount_path", "must be an absolute path")
+    if ".." in value.split("/"):
+        raise _fail("mount_path", "must not contain '..'")
+    path = posixpath.normpath(value)
+    if path == "/":
+        raise _fail("mount_path", "must not be '/'")
+    if any(path == root or path.startswith(root + "/") for root in _RESERVED_MOUNT_ROOTS):
+        raise _fail("mount_path", "must not be under /proc, /sys or /dev")
+    return path
+
+
+def _endpoint(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail("endpoint", "must be an http or https URL")
+    return value.strip().rstrip("/")
+
+
+def _prefix(value: str) -> str:
+    if value == "":
+        return value
+    if value.startswith("/"):
+        raise _fail("prefix", "must be relative (no leading '/')")
+    if not value.endswith("/"):
+        raise _fail("prefix", "must end with '/'")
+    if ".." in value.split("/"):
+        raise _fail("prefix", "must not contain '..'")
+    return value
+
+
+def _bucket(value: str) -> str:
+    if not _BUCKET_RE.match(value):
+        raise _fail(
+            "bucket", "must be 3 to 63 lower-case letters, digits, dots or hyphens"
+        )
+    return value
+
+
+def _read_only(value: bool) -> bool:
+    if not value:
+        raise _fail("read_only", "must be true: object-storage mounts are read-only")
+    return value
+
+
+Bucket = Annotated[str, AfterValidator(_bucket)]
+MountPath = Annotated[str, AfterValidator(_mount_path)]
+Endpoint = Annotated[str, AfterValidator(_endpoint)]
+Prefix = Annotated[str, AfterValidator(_prefix)]
+ReadOnly = Annotated[bool, AfterValidator(_read_only)]
+
+
+_MOUNT_DOCS = {
+    "bucket": "Bucket name in the S3-compatible object storage provider.",
+    "mount_path": "Absolute sandbox path where the bucket contents will appear.",
+    "endpoint": "Full S3-compatible endpoint URL.",
+    "prefix": "Key prefix within the bucket, relative and ending with '/'.",
+    "read_only": "Whether the mount is read-only. Object storage mounts are read-only.",
+    "access_key_id": "Access key id for the S3 bucket. Omit for public buckets.",
+    "secret_access_key": "Secret access key for the S3 bucket. Omit for public buckets.",
+}
+
+
+class MountRequest(_Model):
+    """A read-only S3-compatible bucket attached at a directory inside the sandbox."""
+
+    type: Literal["object-storage"] = Field(description="Mount implementation type.")
+    bucket: Bucket = Field(description=_MOUNT_DOCS["bucket"])
+    mount_path: MountPath = Field(description=_MOUNT_DOCS["mount_path"])
+    endpoint: Endpoint = Field(description=_MOUNT_DOCS["endpoint"])
+    prefix: Prefix = Field(default="", description=_MOUNT_DOCS["prefix"])
+    read_only: ReadOnly = Field(default=True, description=_MOUNT_DOCS["read_only"])
+    access_key_id: str | None = Field(
+        default=None, description=_MOUNT_DOCS["access_key_id"], json_schema_extra={"secret": True}
+    )
+    secret_access_key: str | None = Field(
+        default=None,
+        description=_MOUNT_DOCS["secret_access_key"],
+        json_schema_extra={"secret": True},
+    )
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> MountRequest:
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise _fail(
+                "credentials",
+                "access_key_id and secret_access_key must be given together or not at all",
+            )
+        return self
+
+
+class MountUpdateRequest(_Model):
+    """A change to an existing mount; omitted fields keep their value, "" clears a field."""
+
+    bucket: Bucket | None = Field(default=None, description=_MOUNT_DOCS["bucket"])
+    mount_path: MountPath | None = Field(default=None, description=_MOUNT_DOCS["mount_path"])
+    endpoint: Endpoint | None = Field(default=None, description=_MOUNT_DOCS["endpoint"])
+    prefix: Prefix | None = Field(default=None, description=_MOUNT_DOCS["prefix"])
+    read_only: ReadOnly | None = Field(default=None, description=_MOUNT_DOCS["read_only"])
+    access_key_id: str | None = Field(default=None, json_schema_extra={"secret": True})
+    secret_access_key: str | None = Field(default=None, json_schema_extra={"secret": True})
+
+    def apply_to(self, mount: MountRequest) -> MountRequest:
+        """The mount as it is after this update (validated again as a whole)."""
+        changes = self.model_dump(exclude_none=True)
+        for secret in ("access_key_id", "secret_access_key"):
+            if changes.get(secret) == "":
+                changes[secret] = None
+        return validate(MountRequest, {**mount.model_dump(), **changes})
+
+
+class Mount(_Model):
+    """Non-secret object storage mount metadata returned by the API."""
+
+    id: str = Field(description="Unique mount identifier generated by the platform.")
+    type: Literal["object-storage"] = "object-storage"
+    bucket: str
+    mount_path: str
+    prefix: str = ""
+    read_only: bool = True
+
+
+# --- Sandboxes -----------------------------------------------------------------------------
+
+
+class SandboxCreateRequest(_Model):
+    """The body of ``POST /v1/sandbox/``."""
+
+    template_name: str = Field(
+        min_length=1, max_length=255, description="Name of the template to create the sandbox from."
+    )
+    env_vars: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        description="Environment variables set for every process in the sandbox.",
+        json_schema_extra={"secret": True},
+    )
+    mounts: Annotated[list[MountRequest], Field(max_length=MAX_MOUNTS)] = Field(
+        default_factory=list,
+        description="Read-only object storage mounts, exposed inside the sandbox through a "
+        "lazy FUSE mount; credentials stay on the runner.",
+    )
+    vcpu: int = Field(
+        default=VCPU_DEFAULT, ge=VCPU_MIN, le=VCPU_MAX, description="Number of virtual CPUs."
+    )
+    memory: int = Field(
+        default=MEMORY_DEFAULT_MIB,
+        ge=MEMORY_MIN_MIB,
+        le=MEMORY_MAX_MIB,
+        multiple_of=2,
+        description="Memory in MiB. Must be an even number.",
+    )
+    timeout: int = Field(
+        default=TIMEOUT_DEFAULT_S,
+        ge=TIMEOUT_MIN_S,
+        le=TIMEOUT_MAX_S,
+        description="Sandbox timeout in seconds.",
+    )
+    auto_pause: bool = Field(
+        default=AUTO_PAUSE_DEFAULT,
+        description="Pause the sandbox instead of deleting it when it reaches its timeout.",
+    )
+    network_policy: NetworkPolicy | None = Field(
+        default=None, description="Network egress policy; none means allow-all."
+    )
+
+    @field_validator("template_name")
+    @classmethod
+    def _template(cls, name: str) -> str:
+        if name != name.strip():
+            raise _fail("template_name", "must not start or end with white space")
+        return name
+
+    @field_validator("env_vars")
+    @classmethod
+    def _sort_env(cls, env: dict[str, str]) -> dict[str, str]:
+        return dict(sorted(env.items()))
+
+    @field_validator("mounts")
+    @classmethod
+    def _mounts(cls, mounts: list[MountRequest]) -> list[MountRequest]:
+        check_unique_mount_paths([m.mount_path for m in mounts])
+        return sorted(mounts, key=lambda m: m.mount_path)
+
+    def effective_network_policy(self) -> NetworkPolicy:
+        return self.network_policy or NetworkPolicy(mode="allow-all")
+
+
+def check_unique_mount_paths(paths: Sequence[str]) -> None:
+    if len(set(paths)) != len(paths):
+        raise _fail("unique", "each mount_path may be used by only one mount")
+
+
+class Sandbox(_Model):
+    """A sandbox as the API returns it (create and status responses)."""
+
+    id: str = Field(description="Unique sandbox identifier.")
+    template_id: str = Field(description="Template the sandbox was created from.")
+    vcpu: int = Field(description="Number of virtual CPUs assigned to the sandbox.")
+    memory: int = Field(description="Memory assigned to the sandbox, in MiB.")
+    disk: int = Field(description="Writable disk size assigned to the sandbox, in MiB.")
+    timeout: int = Field(description="Sandbox timeout in seconds.")
+    state: SandboxState = Field(description="Current state of the sandbox.")
+    auto_pause: bool = Field(description="Whether the sandbox pauses on timeout.")
+    created_at: str = Field(description="ISO 8601 timestamp of when the sandbox was created.")
+    mounts: list[Mount] = Field(default_factory=list, description="Attached mounts.")
+    # Only the create response documents it; a status response may leave it out.
+    network_policy: NetworkPolicy | None = Field(default=None)
+
+
+class SandboxListItem(_Model):
+    id: str
+    template_id: str
+    pod_id: str = ""
+    state: SandboxState
+    created_at: str
+    launch_time: str | None = None
+    state_change_time: str | None = None
+    timeout_at: int | None = None
+
+
+class SandboxList(_Model):
+    items: list[SandboxListItem]
+    total_items: int
+
+
+class ExecuteRequest(_Model):
+    command: str = Field(min_length=1)
+    cwd: str | None = None
+    envs: dict[str, str] = Field(default_factory=dict)
+    timeout: int = Field(default=EXECUTE_TIMEOUT_DEFAULT_S, ge=1, le=TIMEOUT_MAX_S)
+
+
+class ExecuteResponse(_Model):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+# --- Errors --------------------------------------------------------------------------------
+
+
+class FieldError(_Model):
+    field: str
+    error: str
+
+
+class ErrorBody(_Model):
+    message: str
+
+
+class ValidationErrorBody(_Model):
+    message: str
+    errors: list[FieldError]
+
+
+class SpecError(ValueError):
+    """A request that breaks a rule of the contract; one :class:`FieldError` per broken rule."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.error}" for e in errors))
+
+    def body(self) -> ValidationErrorBody:
+        return ValidationErrorBody(message="Invalid request", errors=self.errors)
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """``("mounts", 1, "prefix")`` -> ``"mounts[1].prefix"``."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+# Numeric fields state their whole rule at once: 511 MiB breaks two rules, and a user
+# fixing one should not then be told of the other.
+_RANGE_RULES = {
+    "vcpu": f"must be a whole number from {VCPU_MIN} to {VCPU_MAX}",
+    "memory": f"must be an even number of MiB from {MEMORY_MIN_MIB} to {MEMORY_MAX_MIB}",
+    "timeout": f"must be a whole number of seconds from {TIMEOUT_MIN_S} to {TIMEOUT_MAX_S}",
+}
+_RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "multiple_of", "int_from_float"}
+
+
+def _sentence(error: Mapping[str, Any]) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _RANGE_ERRORS and tuple(error["loc"]) in {(name,) for name in _RANGE_RULES}:
+        return _RANGE_RULES[str(error["loc"][0])]
+    templates = {
+        "missing": "is required",
+        "greater_than_equal": "must be at least {ge}",
+        "less_than_equal": "must be at most {le}",
+        "multiple_of": "must be a multiple of {multiple_of}",
+        "too_long": "must have at most {max_length} items",
+        "too_short": "must have at least {min_length} items",
+        "string_too_short": "must not be empty",
+        "string_too_long": "must be at most {max_length} characters",
+        "int_type": "must be an integer",
+        "int_parsing": "must be an integer",
+        "int_from_float": "must be a whole number",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "string_type": "must be a string",
+        "dict_type": "must be an object",
+        "list_type": "must be a list",
+        "model_type": "must be an object",
+        "model_attributes_type": "must be an object",
+        "literal_error": "must be one of {expected}",
+    }
+    if kind in templates:
+        return templates[kind].format(**ctx)
+    # Our own rules (PydanticCustomError) already speak in the API's words.
+    return str(error["msg"])
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for error in exc.errors(include_input=False, include_url=False):
+        # A bad map key is located as ("env_vars", "KEY", "[key]"): name the map and the key.
+        loc = [part for part in error["loc"] if part != "[key]"]
+        errors.append(FieldError(field=field_path(loc) or "body", error=_sentence(error)))
+    return errors
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate(model: type[ModelT], data: Any) -> ModelT:
+    """Validate and normalize ``data`` as ``model``, raising :class:`SpecError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_field_errors(exc)) from None
+
+
+def validate_create(data: Any) -> SandboxCreateRequest:
+    return validate(SandboxCreateRequest, data)
