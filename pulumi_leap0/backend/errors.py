@@ -1,0 +1,140 @@
+"""Every error leaves the server as JSON in the API's shape, never as an HTML page or a 500.
+
+* 400 ``{"message", "errors": [{"field", "error"}]}`` for a request that breaks a rule, with
+  ``spec.py``'s field paths, whether spec.py or FastAPI's own parsing found the problem.
+* ``{"message"}`` for everything else (401, 404, 405, 409, 413, ...).
+
+Messages never echo request values: some fields hold credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pulumi_leap0 import spec
+
+log = logging.getLogger("leap0.backend")
+
+
+class ApiError(Exception):
+    """An answer other than success, raised anywhere below a route."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def not_found(what: str = "sandbox") -> ApiError:
+    return ApiError(404, f"{what} not found")
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, message)
+
+
+def invalid(field: str, error: str) -> spec.SpecError:
+    return spec.SpecError([spec.FieldError(field=field, error=error)])
+
+
+def message_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"message": message}, status_code=status, headers=headers)
+
+
+def validation_response(exc: spec.SpecError) -> Response:
+    return JSONResponse(exc.body().model_dump(mode="json"), status_code=400)
+
+
+def _request_validation_errors(exc: RequestValidationError) -> spec.SpecError:
+    """FastAPI's errors in the API's words and paths (``body``/``query`` prefixes dropped)."""
+    errors: list[spec.FieldError] = []
+    for error in exc.errors():
+        loc = list(error.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        kind = str(error.get("type", ""))
+        if kind == "json_invalid":
+            errors.append(spec.FieldError(field="body", error="must be valid JSON"))
+            continue
+        if kind == "model_attributes_type" or (kind == "dict_type" and not loc):
+            errors.append(spec.FieldError(field="body", error="must be a JSON object"))
+            continue
+        if kind == "missing" and not loc:
+            errors.append(spec.FieldError(field="body", error="is required"))
+            continue
+        field = spec.field_path([p for p in loc if isinstance(p, (int, str))]) or "body"
+        errors.append(spec.FieldError(field=field, error=_sentence(kind, error)))
+    return spec.SpecError(errors or [spec.FieldError(field="body", error="is invalid")])
+
+
+def _sentence(kind: str, error: Any) -> str:
+    sentences = {
+        "missing": "is required",
+        "int_parsing": "must be an integer",
+        "int_type": "must be an integer",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "string_type": "must be a string",
+        "greater_than_equal": "must be at least {ge}",
+        "less_than_equal": "must be at most {le}",
+        "enum": "must be one of {expected}",
+        "literal_error": "must be one of {expected}",
+    }
+    template = sentences.get(kind)
+    if template is None:
+        return "is invalid"
+    try:
+        return template.format(**(error.get("ctx") or {}))
+    except (KeyError, IndexError):
+        return "is invalid"
+
+
+def install(app: FastAPI) -> None:
+    async def api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return message_response(exc.status, exc.message, exc.headers)
+
+    async def spec_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, spec.SpecError)
+        return validation_response(exc)
+
+    async def request_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return validation_response(_request_validation_errors(exc))
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = {404: "not found", 405: "method not allowed"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return message_response(exc.status_code, message, dict(exc.headers or {}))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # The traceback goes to the log, the details do not go to the client. Neither
+        # includes the request body, which may hold credentials.
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return message_response(500, "internal error")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(spec.SpecError, spec_error)
+    app.add_exception_handler(RequestValidationError, request_validation)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON, or a 400 in the API's shape."""
+    if not raw.strip():
+        raise invalid("body", "is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid("body", "must be valid JSON") from None

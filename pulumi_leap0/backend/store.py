@@ -1,0 +1,471 @@
+"""The backend's state in one sqlite file (WAL), with explicit SQL.
+
+Why sqlite: one file in the data dir, transactions that span processes (``leap0-backend
+api-key create`` writes while the server runs), and reads of one row cost microseconds.
+
+The file holds what a sandbox needs to be rebuilt after a restart, including credentials
+(mount keys, injected headers, env values): a stopped sandbox must be startable again after
+the server restarts. The file is therefore created with mode 0600, and nothing here ever
+logs or returns those values; responses are built from the non-secret columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from pulumi_leap0 import spec
+
+DB_FILE_NAME: Final = "leap0.db"
+API_KEY_PREFIX: Final = "l0_"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orgs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    template_name TEXT NOT NULL,
+    vcpu INTEGER NOT NULL,
+    memory INTEGER NOT NULL,
+    disk INTEGER NOT NULL,
+    timeout INTEGER NOT NULL,
+    auto_pause INTEGER NOT NULL,
+    env_vars TEXT NOT NULL,
+    network_policy TEXT,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    state_changed_at TEXT NOT NULL,
+    launch_time TEXT,
+    deadline_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sandboxes_org ON sandboxes(org_id, state);
+CREATE TABLE IF NOT EXISTS mounts (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+    config TEXT NOT NULL,
+    created_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mounts_sandbox ON mounts(sandbox_id);
+"""
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256-bit random tokens, so a plain sha256 is enough: there is nothing to
+    # brute-force that a slow hash would protect.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_sandbox_id() -> str:
+    return spec.SANDBOX_ID_PREFIX + uuid.uuid4().hex[:20]
+
+
+def new_mount_id() -> str:
+    return spec.MOUNT_ID_PREFIX + uuid.uuid4().hex[:16]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, existing: int) -> None:
+        self.existing = existing
+        super().__init__(existing)
+
+
+@dataclass(frozen=True, slots=True)
+class MountRecord:
+    id: str
+    config: spec.MountRequest
+
+    def public(self) -> spec.Mount:
+        c = self.config
+        return spec.Mount(
+            id=self.id,
+            bucket=c.bucket,
+            mount_path=c.mount_path,
+            prefix=c.prefix,
+            read_only=c.read_only,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRecord:
+    id: str
+    org_id: str
+    template_name: str
+    vcpu: int
+    memory: int
+    disk: int
+    timeout: int
+    auto_pause: bool
+    env_vars: dict[str, str]
+    network_policy: spec.NetworkPolicy | None
+    state: spec.SandboxState
+    created_at: str
+    created_ts: float
+    state_changed_at: str
+    launch_time: str | None
+    deadline_ts: float
+    mounts: tuple[MountRecord, ...]
+
+    def public(self) -> spec.Sandbox:
+        """The sandbox as the API shows it: no env values, no mount credentials."""
+        return spec.Sandbox(
+            id=self.id,
+            template_id=self.template_name,
+            vcpu=self.vcpu,
+            memory=self.memory,
+            disk=self.disk,
+            timeout=self.timeout,
+            state=self.state,
+            auto_pause=self.auto_pause,
+            created_at=self.created_at,
+            mounts=[m.public() for m in self.mounts],
+            network_policy=public_network_policy(self.network_policy),
+        )
+
+    def list_item(self) -> spec.SandboxListItem:
+        return spec.SandboxListItem(
+            id=self.id,
+            template_id=self.template_name,
+            pod_id="local" if self.launch_time else "",
+            state=self.state,
+            created_at=self.created_at,
+            launch_time=self.launch_time,
+            state_change_time=self.state_changed_at,
+            timeout_at=int(self.deadline_ts),
+        )
+
+
+def public_network_policy(policy: spec.NetworkPolicy | None) -> spec.NetworkPolicy:
+    """The policy as responses show it: injected header values are credentials.
+
+    The header names stay, so a refresh can tell that a header is configured; the values
+    are replaced by an empty string and never leave the server.
+    """
+    policy = policy or spec.NetworkPolicy(mode="allow-all")
+    if not any(t.inject_headers for t in policy.transforms):
+        return policy
+    transforms = [
+        t.model_copy(update={"inject_headers": dict.fromkeys(t.inject_headers, "")})
+        for t in policy.transforms
+    ]
+    return policy.model_copy(update={"transforms": transforms})
+
+
+_SANDBOX_COLUMNS = (
+    "id, org_id, template_name, vcpu, memory, disk, timeout, auto_pause, env_vars, "
+    "network_policy, state, created_at, created_ts, state_changed_at, launch_time, deadline_ts"
+)
+_SORT_COLUMNS: Final = {"created_at": "created_ts", "state": "state"}
+
+
+class Store:
+    """One connection, shared by the event loop and the worker threads behind a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Create the file 0600 before sqlite opens it: it holds credentials.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{path}{suffix}")
+            if side.exists():
+                os.chmod(side, 0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front, so a read-then-write (the quota
+        # check and the insert) cannot interleave with another writer, in this process or
+        # in another one.
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- Organizations and keys ---------------------------------------------------------------
+
+    def create_api_key(self, org_name: str) -> str:
+        """A new key for ``org_name``, creating the organization if needed. Returns the key."""
+        key = new_api_key()
+        now = iso(time.time())
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM orgs WHERE name = ?", (org_name,)).fetchone()
+            if row is None:
+                org_id = "org-" + uuid.uuid4().hex[:16]
+                db.execute(
+                    "INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)",
+                    (org_id, org_name, now),
+                )
+            else:
+                org_id = row["id"]
+            db.execute(
+                "INSERT INTO api_keys (key_hash, org_id, created_at) VALUES (?, ?, ?)",
+                (hash_key(key), org_id, now),
+            )
+        return key
+
+    def org_for_key_hash(self, key_hash: str) -> str | None:
+        rows = self._query("SELECT org_id FROM api_keys WHERE key_hash = ?", (key_hash,))
+        return str(rows[0]["org_id"]) if rows else None
+
+    # --- Sandboxes ----------------------------------------------------------------------------
+
+    def insert_sandbox(
+        self,
+        org_id: str,
+        request: spec.SandboxCreateRequest,
+        *,
+        disk: int,
+        limit: int = spec.MAX_SANDBOXES_PER_ORG,
+    ) -> SandboxRecord:
+        """Insert a new sandbox in ``starting``, unless the organization is at its limit."""
+        sandbox_id = new_sandbox_id()
+        now = time.time()
+        with self._transaction() as db:
+            (existing,) = db.execute(
+                "SELECT COUNT(*) FROM sandboxes WHERE org_id = ? AND state != ?",
+                (org_id, spec.SandboxState.DELETED.value),
+            ).fetchone()
+            if existing >= limit:
+                raise QuotaExceeded(existing)
+            db.execute(
+                f"INSERT INTO sandboxes ({_SANDBOX_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sandbox_id,
+                    org_id,
+                    request.template_name,
+                    request.vcpu,
+                    request.memory,
+                    disk,
+                    request.timeout,
+                    int(request.auto_pause),
+                    json.dumps(request.env_vars),
+                    request.network_policy.model_dump_json()
+                    if request.network_policy
+                    else None,
+                    spec.SandboxState.STARTING.value,
+                    iso(now),
+                    now,
+                    iso(now),
+                    None,
+                    now + request.timeout,
+                ),
+            )
+            for offset, mount in enumerate(request.mounts):
+                db.execute(
+                    "INSERT INTO mounts (id, sandbox_id, config, created_ts) VALUES (?, ?, ?, ?)",
+                    (new_mount_id(), sandbox_id, mount.model_dump_json(), now + offset * 1e-6),
+                )
+        record = self.get_sandbox(sandbox_id)
+        assert record is not None
+        return record
+
+    def get_sandbox(self, sandbox_id: str, org_id: str | None = None) -> SandboxRecord | None:
+        """The sandbox (of ``org_id`` when given); ``None`` when unknown, foreign or deleted."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE id = ? AND state != ?",
+                (sandbox_id, spec.SandboxState.DELETED.value),
+            ).fetchone()
+            if row is None or (org_id is not None and row["org_id"] != org_id):
+                return None
+            mounts = self._db.execute(
+                "SELECT id, config FROM mounts WHERE sandbox_id = ? ORDER BY created_ts",
+                (sandbox_id,),
+            ).fetchall()
+        return _sandbox(row, mounts)
+
+    def list_sandboxes(
+        self,
+        org_id: str,
+        *,
+        state: spec.SandboxState | None,
+        sort: str,
+        descending: bool,
+        page: int,
+        page_size: int,
+    ) -> tuple[list[SandboxRecord], int]:
+        where = "org_id = ? AND state != ?"
+        args: list[Any] = [org_id, spec.SandboxState.DELETED.value]
+        if state is not None:
+            where += " AND state = ?"
+            args.append(state.value)
+        direction = "DESC" if descending else "ASC"
+        # Sort columns come from a fixed map, never from the request text.
+        order = f"{_SORT_COLUMNS[sort]} {direction}, id {direction}"
+        with self._lock:
+            (total,) = self._db.execute(
+                f"SELECT COUNT(*) FROM sandboxes WHERE {where}", args
+            ).fetchone()
+            rows = self._db.execute(
+                f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE {where} ORDER BY {order} "
+                "LIMIT ? OFFSET ?",
+                [*args, page_size, (page - 1) * page_size],
+            ).fetchall()
+        return [_sandbox(row, []) for row in rows], int(total)
+
+    def all_live_sandboxes(self) -> list[SandboxRecord]:
+        """Every sandbox not yet deleted, of every organization (startup and the reaper)."""
+        rows = self._query(
+            f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE state != ?",
+            (spec.SandboxState.DELETED.value,),
+        )
+        return [r for r in (self.get_sandbox(row["id"]) for row in rows) if r is not None]
+
+    def due_sandboxes(self, now: float) -> list[str]:
+        rows = self._query(
+            "SELECT id FROM sandboxes WHERE state = ? AND deadline_ts <= ?",
+            (spec.SandboxState.RUNNING.value, now),
+        )
+        return [str(row["id"]) for row in rows]
+
+    def set_state(
+        self,
+        sandbox_id: str,
+        state: spec.SandboxState,
+        *,
+        launched: bool = False,
+        deadline_ts: float | None = None,
+    ) -> None:
+        now = time.time()
+        sets = ["state = ?", "state_changed_at = ?"]
+        args: list[Any] = [state.value, iso(now)]
+        if launched:
+            sets.append("launch_time = ?")
+            args.append(iso(now))
+        if deadline_ts is not None:
+            sets.append("deadline_ts = ?")
+            args.append(deadline_ts)
+        with self._transaction() as db:
+            db.execute(f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = ?", [*args, sandbox_id])
+
+    def forget_sandbox(self, sandbox_id: str) -> None:
+        """Remove every trace of a deleted sandbox, credentials included."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM mounts WHERE sandbox_id = ?", (sandbox_id,))
+            db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    # --- Mounts -------------------------------------------------------------------------------
+
+    def add_mount(self, sandbox_id: str, mount: spec.MountRequest) -> MountRecord:
+        """Add a mount, unless the sandbox is at the mount limit or the path is taken."""
+        record = MountRecord(id=new_mount_id(), config=mount)
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT config FROM mounts WHERE sandbox_id = ?", (sandbox_id,)
+            ).fetchall()
+            if len(rows) >= spec.MAX_MOUNTS:
+                raise MountConflict(f"the sandbox already has {spec.MAX_MOUNTS} mounts, the limit")
+            paths = [spec.MountRequest.model_validate_json(r["config"]).mount_path for r in rows]
+            if mount.mount_path in paths:
+                raise MountConflict("another mount already uses this mount_path")
+            db.execute(
+                "INSERT INTO mounts (id, sandbox_id, config, created_ts) VALUES (?, ?, ?, ?)",
+                (record.id, sandbox_id, mount.model_dump_json(), time.time()),
+            )
+        return record
+
+    def replace_mount(self, sandbox_id: str, mount_id: str, mount: spec.MountRequest) -> None:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT config FROM mounts WHERE sandbox_id = ? AND id != ?",
+                (sandbox_id, mount_id),
+            ).fetchall()
+            paths = [spec.MountRequest.model_validate_json(r["config"]).mount_path for r in rows]
+            if mount.mount_path in paths:
+                raise MountConflict("another mount already uses this mount_path")
+            db.execute(
+                "UPDATE mounts SET config = ? WHERE id = ? AND sandbox_id = ?",
+                (mount.model_dump_json(), mount_id, sandbox_id),
+            )
+
+    def delete_mount(self, sandbox_id: str, mount_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM mounts WHERE id = ? AND sandbox_id = ?", (mount_id, sandbox_id))
+
+
+class MountConflict(Exception):
+    pass
+
+
+def _sandbox(row: sqlite3.Row, mounts: Sequence[sqlite3.Row]) -> SandboxRecord:
+    policy = row["network_policy"]
+    return SandboxRecord(
+        id=row["id"],
+        org_id=row["org_id"],
+        template_name=row["template_name"],
+        vcpu=row["vcpu"],
+        memory=row["memory"],
+        disk=row["disk"],
+        timeout=row["timeout"],
+        auto_pause=bool(row["auto_pause"]),
+        env_vars=json.loads(row["env_vars"]),
+        network_policy=spec.NetworkPolicy.model_validate_json(policy) if policy else None,
+        state=spec.SandboxState(row["state"]),
+        created_at=row["created_at"],
+        created_ts=row["created_ts"],
+        state_changed_at=row["state_changed_at"],
+        launch_time=row["launch_time"],
+        deadline_ts=row["deadline_ts"],
+        mounts=tuple(
+            MountRecord(id=m["id"], config=spec.MountRequest.model_validate_json(m["config"]))
+            for m in mounts
+        ),
+    )
