@@ -1,0 +1,340 @@
+"""The sandbox state machine: the store says what a sandbox is, the runner makes it so.
+
+Rules, and why:
+
+* One lifecycle lock per sandbox. Create, pause, resume, stop, start and delete each hold it
+  for their whole transition, and write the transitional state (``starting``,
+  ``snapshotting``, ``unpausing``, ``stopping``, ``deleting``) first, so a concurrent
+  request sees the truth and a delete answers 409 instead of racing the transition.
+* The runner is synchronous and may block (processes, mounts): every call to it runs in a
+  worker thread, so the event loop keeps serving reads while a sandbox boots.
+* Reads never take the lock: a GET is one sqlite row, and it must stay cheap.
+* A sandbox-scoped request (process, filesystem, mounts) to a paused sandbox resumes it
+  first, as the service does.
+* Timeouts: a background task pauses (``auto_pause``) or deletes every running sandbox past
+  its deadline. A resume or start gives the sandbox a fresh ``timeout`` seconds.
+* Restart: on startup the runner says which sandboxes still have processes; every other one
+  is reported as ``stopped`` (its disk kept, startable again) rather than as running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from anyio import to_thread
+
+from pulumi_leap0 import spec
+from pulumi_leap0.backend import runtime
+from pulumi_leap0.backend.errors import ApiError, conflict, invalid, not_found
+from pulumi_leap0.backend.store import (
+    MountConflict,
+    MountRecord,
+    QuotaExceeded,
+    SandboxRecord,
+    Store,
+)
+
+log = logging.getLogger("leap0.backend")
+
+S = spec.SandboxState
+P = ParamSpec("P")
+T = TypeVar("T")
+
+REAP_INTERVAL_S = 0.25
+
+
+class Lifecycle:
+    def __init__(self, store: Store, runner: runtime.Runner) -> None:
+        self.store = store
+        self.runner = runner
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # --- Plumbing -----------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        def call() -> T:
+            return fn(*args, **kwargs)
+
+        return await to_thread.run_sync(call)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        lock = self._locks.get(sandbox_id)
+        if lock is None:
+            lock = self._locks[sandbox_id] = asyncio.Lock()
+        return lock
+
+    def get(self, org_id: str, sandbox_id: str) -> SandboxRecord:
+        record = self.store.get_sandbox(sandbox_id, org_id)
+        if record is None:
+            raise not_found()
+        return record
+
+    def _reload(self, sandbox_id: str) -> SandboxRecord:
+        record = self.store.get_sandbox(sandbox_id)
+        if record is None:
+            raise not_found()
+        return record
+
+    # --- Create -------------------------------------------------------------------------------
+
+    async def create(self, org_id: str, request: spec.SandboxCreateRequest) -> SandboxRecord:
+        if not runtime.has_template(self.runner, request.template_name):
+            raise invalid("template_name", "must name a known template")
+        disk = self.runner.disk_mib(request.template_name)
+        try:
+            record = self.store.insert_sandbox(org_id, request, disk=disk)
+        except QuotaExceeded as exc:
+            raise conflict(
+                f"sandbox limit reached: an organization may have at most "
+                f"{spec.MAX_SANDBOXES_PER_ORG} sandboxes and this one has {exc.existing}; "
+                "delete one first"
+            ) from None
+        async with self._lock(record.id):
+            try:
+                await self._run(self.runner.start, runtime.sandbox_config(record))
+            except Exception as exc:
+                # Nothing half-made is left behind, and the quota slot is given back.
+                log.error("sandbox %s failed to start: %s", record.id, type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await self._run(self.runner.destroy, record.id)
+                self.store.forget_sandbox(record.id)
+                raise ApiError(503, "the sandbox could not be started") from None
+            self.store.set_state(
+                record.id, S.RUNNING, launched=True, deadline_ts=time.time() + record.timeout
+            )
+        return self._reload(record.id)
+
+    # --- Pause, resume, stop, start -----------------------------------------------------------
+
+    async def pause(self, org_id: str, sandbox_id: str) -> SandboxRecord:
+        self.get(org_id, sandbox_id)
+        async with self._lock(sandbox_id):
+            record = self._reload(sandbox_id)
+            if record.state != S.RUNNING:
+                raise conflict(f"the sandbox is {record.state.value}, not running")
+            await self._pause_locked(record)
+        return self._reload(sandbox_id)
+
+    async def _pause_locked(self, record: SandboxRecord) -> None:
+        self.store.set_state(record.id, S.SNAPSHOTTING)
+        try:
+            await self._run(self.runner.freeze, record.id)
+        except Exception:
+            self.store.set_state(record.id, S.RUNNING)
+            raise
+        self.store.set_state(record.id, S.PAUSED)
+
+    async def ensure_running(self, org_id: str, sandbox_id: str) -> SandboxRecord:
+        """The sandbox, running: a paused one is resumed, one in transition is waited for."""
+        record = self.get(org_id, sandbox_id)
+        if record.state == S.RUNNING:
+            return record
+        async with self._lock(sandbox_id):
+            record = self._reload(sandbox_id)
+            if record.state == S.PAUSED:
+                self.store.set_state(sandbox_id, S.UNPAUSING)
+                try:
+                    await self._run(self.runner.thaw, sandbox_id)
+                except Exception:
+                    self.store.set_state(sandbox_id, S.PAUSED)
+                    raise
+                self.store.set_state(
+                    sandbox_id, S.RUNNING, deadline_ts=time.time() + record.timeout
+                )
+                return self._reload(sandbox_id)
+            if record.state == S.RUNNING:
+                return record
+            raise conflict(f"the sandbox is {record.state.value}; start it first")
+
+    async def stop(self, org_id: str, sandbox_id: str) -> SandboxRecord:
+        self.get(org_id, sandbox_id)
+        async with self._lock(sandbox_id):
+            record = self._reload(sandbox_id)
+            if record.state not in (S.RUNNING, S.PAUSED):
+                raise conflict(f"the sandbox is {record.state.value}, not running")
+            self.store.set_state(sandbox_id, S.STOPPING)
+            try:
+                await self._run(self.runner.stop, sandbox_id)
+            except Exception:
+                self.store.set_state(sandbox_id, record.state)
+                raise
+            self.store.set_state(sandbox_id, S.STOPPED)
+        return self._reload(sandbox_id)
+
+    async def start(self, org_id: str, sandbox_id: str) -> SandboxRecord:
+        self.get(org_id, sandbox_id)
+        async with self._lock(sandbox_id):
+            record = self._reload(sandbox_id)
+            if record.state != S.STOPPED:
+                raise conflict(f"the sandbox is {record.state.value}, not stopped")
+            self.store.set_state(sandbox_id, S.STARTING)
+            try:
+                await self._run(self.runner.start, runtime.sandbox_config(record))
+            except Exception as exc:
+                log.error("sandbox %s failed to start: %s", sandbox_id, type(exc).__name__)
+                self.store.set_state(sandbox_id, S.STOPPED)
+                raise ApiError(503, "the sandbox could not be started") from None
+            self.store.set_state(
+                sandbox_id, S.RUNNING, launched=True, deadline_ts=time.time() + record.timeout
+            )
+        return self._reload(sandbox_id)
+
+    # --- Delete -------------------------------------------------------------------------------
+
+    async def delete(self, org_id: str, sandbox_id: str) -> None:
+        record = self.get(org_id, sandbox_id)
+        lock = self._lock(sandbox_id)
+        if record.state in spec.TRANSITIONING_STATES or lock.locked():
+            raise conflict(f"the sandbox is {record.state.value}; try again when it settles")
+        async with lock:
+            await self._delete_locked(sandbox_id)
+
+    async def _delete_locked(self, sandbox_id: str) -> None:
+        self.store.set_state(sandbox_id, S.DELETING)
+        # A destroy that fails leaves the sandbox in ``deleting``; startup recovery finishes it.
+        await self._run(self.runner.destroy, sandbox_id)
+        self.store.forget_sandbox(sandbox_id)
+        self._locks.pop(sandbox_id, None)
+
+    # --- Mounts -------------------------------------------------------------------------------
+
+    async def add_mount(
+        self, org_id: str, sandbox_id: str, mount: spec.MountRequest
+    ) -> MountRecord:
+        await self.ensure_running(org_id, sandbox_id)
+        async with self._lock(sandbox_id):
+            self._require_state(sandbox_id, S.RUNNING)
+            try:
+                record = self.store.add_mount(sandbox_id, mount)
+            except MountConflict as exc:
+                raise conflict(str(exc)) from None
+            try:
+                await self._run(self.runner.mount, sandbox_id, runtime.mount_config(record))
+            except Exception:
+                self.store.delete_mount(sandbox_id, record.id)
+                raise
+        return record
+
+    async def update_mount(
+        self,
+        org_id: str,
+        sandbox_id: str,
+        mount_id: str,
+        update: spec.MountUpdateRequest,
+    ) -> MountRecord:
+        await self.ensure_running(org_id, sandbox_id)
+        async with self._lock(sandbox_id):
+            current = self._mount(self._require_state(sandbox_id, S.RUNNING), mount_id)
+            changed = MountRecord(id=mount_id, config=update.apply_to(current.config))
+            try:
+                self.store.replace_mount(sandbox_id, mount_id, changed.config)
+            except MountConflict as exc:
+                raise conflict(str(exc)) from None
+            try:
+                await self._run(self.runner.unmount, sandbox_id, mount_id)
+                await self._run(self.runner.mount, sandbox_id, runtime.mount_config(changed))
+            except Exception:
+                # Put the old mount back, in the store and (as far as possible) in the sandbox.
+                self.store.replace_mount(sandbox_id, mount_id, current.config)
+                with contextlib.suppress(Exception):
+                    await self._run(self.runner.unmount, sandbox_id, mount_id)
+                    await self._run(self.runner.mount, sandbox_id, runtime.mount_config(current))
+                raise
+        return changed
+
+    async def delete_mount(self, org_id: str, sandbox_id: str, mount_id: str) -> None:
+        await self.ensure_running(org_id, sandbox_id)
+        async with self._lock(sandbox_id):
+            self._mount(self._require_state(sandbox_id, S.RUNNING), mount_id)
+            await self._run(self.runner.unmount, sandbox_id, mount_id)
+            self.store.delete_mount(sandbox_id, mount_id)
+
+    def _require_state(self, sandbox_id: str, state: spec.SandboxState) -> SandboxRecord:
+        record = self._reload(sandbox_id)
+        if record.state != state:
+            raise conflict(f"the sandbox is {record.state.value}, not {state.value}")
+        return record
+
+    @staticmethod
+    def _mount(record: SandboxRecord, mount_id: str) -> MountRecord:
+        for mount in record.mounts:
+            if mount.id == mount_id:
+                return mount
+        raise not_found("mount")
+
+    # --- Calls into a running sandbox ---------------------------------------------------------
+
+    async def call(self, org_id: str, sandbox_id: str, fn: Callable[[str], T]) -> T:
+        """Run ``fn(sandbox_id)`` (a process or filesystem call) in a worker thread, on the
+        sandbox running: a paused sandbox is resumed first."""
+        await self.ensure_running(org_id, sandbox_id)
+        with runtime.translate_errors():
+            return await self._run(fn, sandbox_id)
+
+    # --- Background work ----------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Make the store tell the truth about sandboxes after a restart."""
+        records = self.store.all_live_sandboxes()
+        expected = [r.id for r in records if r.state not in (S.STOPPED,)]
+        alive = set(await self._run(self.runner.recover, expected))
+        for record in records:
+            if record.state == S.DELETING:
+                with contextlib.suppress(Exception):
+                    await self._run(self.runner.destroy, record.id)
+                self.store.forget_sandbox(record.id)
+            elif record.state == S.STOPPED:
+                continue
+            elif record.id not in alive:
+                log.info("sandbox %s has no process after restart: stopped", record.id)
+                self.store.set_state(record.id, S.STOPPED)
+            elif record.state == S.STARTING or record.state == S.UNPAUSING:
+                self.store.set_state(record.id, S.RUNNING)
+            elif record.state == S.SNAPSHOTTING:
+                self.store.set_state(record.id, S.PAUSED)
+            elif record.state == S.STOPPING:
+                with contextlib.suppress(Exception):
+                    await self._run(self.runner.stop, record.id)
+                self.store.set_state(record.id, S.STOPPED)
+
+    def start_reaper(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await self.reap(time.time())
+            except Exception:
+                log.exception("timeout reaper failed; trying again")
+
+    async def reap(self, now: float) -> None:
+        """Pause or delete every running sandbox past its deadline."""
+        for sandbox_id in self.store.due_sandboxes(now):
+            lock = self._lock(sandbox_id)
+            if lock.locked():
+                continue  # in transition: the next round looks again
+            async with lock:
+                record = self.store.get_sandbox(sandbox_id)
+                if record is None or record.state != S.RUNNING or record.deadline_ts > now:
+                    continue
+                if record.auto_pause:
+                    log.info("sandbox %s reached its timeout: pausing", sandbox_id)
+                    await self._pause_locked(record)
+                else:
+                    log.info("sandbox %s reached its timeout: deleting", sandbox_id)
+                    await self._delete_locked(sandbox_id)
+

@@ -1,0 +1,96 @@
+"""Request and response bodies of the filesystem calls, as the OpenAPI document gives them.
+
+The sandbox, mount and process bodies live in ``spec.py`` (the contract the provider shares);
+the filesystem calls are used only by the backend and the SDK, so their models live here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+#: JSON request bodies larger than this answer 413; file contents have their own limit.
+MAX_JSON_BODY_BYTES = 1024 * 1024
+MAX_FILE_BODY_BYTES = 32 * 1024 * 1024
+
+
+def _path(value: str) -> str:
+    if not value:
+        raise PydanticCustomError("path", "must not be empty")
+    if "\0" in value:
+        raise PydanticCustomError("path", "must not contain NUL characters")
+    return value
+
+
+def _mode(value: str | None) -> str | None:
+    if value is None:
+        return None
+    digits = value.strip()
+    if not digits or len(digits) > 4 or any(c not in "01234567" for c in digits):
+        raise PydanticCustomError("permissions", "must be an octal mode such as 755")
+    return digits
+
+
+SandboxPath = Annotated[str, AfterValidator(_path)]
+OctalMode = Annotated[str | None, AfterValidator(_mode)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class PathRequest(_Body):
+    path: SandboxPath
+
+
+class LsRequest(_Body):
+    path: SandboxPath
+    recursive: bool = False
+    exclude: list[str] = Field(default_factory=list)
+
+
+class MkdirRequest(_Body):
+    path: SandboxPath
+    recursive: bool = False
+    permissions: OctalMode = None
+
+
+class ReadFileRequest(_Body):
+    path: SandboxPath
+    offset: int | None = Field(default=None, ge=0)
+    limit: int | None = Field(default=None, ge=0)
+    head: int | None = Field(default=None, ge=0)
+    tail: int | None = Field(default=None, ge=0)
+
+
+class DeleteRequest(_Body):
+    path: SandboxPath
+    recursive: bool = False
+
+
+class WriteFileQuery(_Body):
+    path: SandboxPath
+    permissions: OctalMode = None
+
+
+class FileInfo(_Body):
+    name: str
+    path: str
+    is_dir: bool
+    size: int
+    mode: str
+    mtime: int
+    owner: str
+    group: str
+    is_symlink: bool
+    link_target: str | None = None
+
+
+class LsResponse(_Body):
+    items: list[FileInfo]
+
+
+class ExistsResponse(_Body):
+    exists: bool
