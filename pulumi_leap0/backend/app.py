@@ -22,7 +22,7 @@ from pulumi_leap0 import spec
 from pulumi_leap0.backend import errors, models, runtime
 from pulumi_leap0.backend.auth import Authenticator
 from pulumi_leap0.backend.lifecycle import Lifecycle
-from pulumi_leap0.backend.middleware import BodyLimit, SandboxHost
+from pulumi_leap0.backend.middleware import BodyLimit, InternalErrors, SandboxHost
 from pulumi_leap0.backend.store import DB_FILE_NAME, Store
 
 log = logging.getLogger("leap0.backend")
@@ -87,6 +87,8 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None) -> FastAPI:
     app.state.ready = False
     app.state.lifecycle = lifecycle
     errors.install(app)
+    # Added innermost first: InternalErrors wraps the routes, SandboxHost sees requests first.
+    app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit)
     app.add_middleware(SandboxHost)
 

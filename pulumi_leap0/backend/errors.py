@@ -10,7 +10,6 @@ Messages never echo request values: some fields hold credentials.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,8 +18,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pulumi_leap0 import spec
-
-log = logging.getLogger("leap0.backend")
 
 
 class ApiError(Exception):
@@ -117,17 +114,10 @@ def install(app: FastAPI) -> None:
         )
         return message_response(exc.status_code, message, dict(exc.headers or {}))
 
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        # The traceback goes to the log, the details do not go to the client. Neither
-        # includes the request body, which may hold credentials.
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return message_response(500, "internal error")
-
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(spec.SpecError, spec_error)
     app.add_exception_handler(RequestValidationError, request_validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
 
 
 def parse_json(raw: bytes) -> Any:

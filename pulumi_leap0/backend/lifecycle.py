@@ -274,8 +274,20 @@ class Lifecycle:
         """Run ``fn(sandbox_id)`` (a process or filesystem call) in a worker thread, on the
         sandbox running: a paused sandbox is resumed first."""
         await self.ensure_running(org_id, sandbox_id)
-        with runtime.translate_errors():
-            return await self._run(fn, sandbox_id)
+        try:
+            with runtime.translate_errors():
+                return await self._run(fn, sandbox_id)
+        except ApiError:
+            raise
+        except Exception:
+            # The sandbox may have been deleted, stopped or paused under the call: then that
+            # is the answer, not an internal error.
+            record = self.store.get_sandbox(sandbox_id, org_id)
+            if record is None:
+                raise not_found() from None
+            if record.state != S.RUNNING:
+                raise conflict(f"the sandbox became {record.state.value} during the call") from None
+            raise
 
     # --- Background work ----------------------------------------------------------------------
 

@@ -7,12 +7,15 @@ including the GET hot path, and plain ASGI adds next to nothing.
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend.models import MAX_FILE_BODY_BYTES, MAX_JSON_BODY_BYTES
+
+log = logging.getLogger("leap0.backend")
 
 
 async def _reply(send: Send, status: int, message: str) -> None:
@@ -111,3 +114,34 @@ class SandboxHost:
                 path = f"/v1/sandbox/{match.group(1)}{scope['path']}"
                 scope = {**scope, "path": path, "raw_path": path.encode()}
         await self.app(scope, receive, send)
+
+
+class InternalErrors:
+    """A 500 in the API's shape for anything unexpected, and the connection kept healthy.
+
+    Starlette's own last-resort handler answers and then re-raises, and uvicorn then drops
+    the keep-alive connection under the client. This layer sits just outside the routes'
+    exception handlers and ends the story there. The log gets the traceback, never a body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if not started:
+                await _reply(send, 500, "internal error")
