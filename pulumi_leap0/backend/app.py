@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -28,10 +28,6 @@ from pulumi_leap0.backend.store import DB_FILE_NAME, Store
 log = logging.getLogger("leap0.backend")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-ListState = Literal[
-    "starting", "stopping", "snapshotting", "running", "paused", "unpausing", "stopped",
-    "deleting",
-]
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -51,6 +47,15 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": model.model_json_schema()}},
         }
     }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters for /openapi.json (the query itself is parsed by hand)."""
+    properties = model.model_json_schema(by_alias=True)["properties"]
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in properties.items()
+    ]
 
 
 async def _parse(request: Request, model: type[ModelT]) -> ModelT:
@@ -134,25 +139,23 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None) -> FastAPI:
         await lifecycle.delete(org, sandbox_id)
         return Response(status_code=204)
 
-    @route("/v1/sandboxes", "GET", response_model=spec.SandboxList)
-    async def list_sandboxes(
-        request: Request,
-        state: Annotated[ListState | None, Query()] = None,
-        sort: Annotated[Literal["created_at", "state"], Query()] = "created_at",
-        order_by: Annotated[Literal["asc", "desc"], Query(alias="order-by")] = "desc",
-        page: Annotated[int, Query(ge=1)] = 1,
-        page_size: Annotated[
-            int, Query(alias="page-size", ge=1, le=spec.LIST_PAGE_SIZE_MAX)
-        ] = spec.LIST_PAGE_SIZE_DEFAULT,
-    ) -> Response:
+    @route("/v1/sandboxes", "GET", response_model=spec.SandboxList,
+           openapi_extra={"parameters": _query_parameters(models.ListQuery)})
+    async def list_sandboxes(request: Request) -> Response:
         org = auth.org_of(request)
+        try:
+            query = spec.validate(models.ListQuery, dict(request.query_params))
+        except spec.SpecError as exc:
+            # The document allows either error shape here, and a body with ``errors`` also
+            # matches the plain one, so only ``{"message"}`` satisfies its ``oneOf``.
+            raise errors.ApiError(400, f"Invalid query: {exc}") from None
         records, total = lifecycle.store.list_sandboxes(
             org,
-            state=spec.SandboxState(state) if state else None,
-            sort=sort,
-            descending=order_by == "desc",
-            page=page,
-            page_size=page_size,
+            state=spec.SandboxState(query.state) if query.state else None,
+            sort=query.sort,
+            descending=query.order_by == "desc",
+            page=query.page,
+            page_size=query.page_size,
         )
         listing = spec.SandboxList(items=[r.list_item() for r in records], total_items=total)
         return _json(listing)

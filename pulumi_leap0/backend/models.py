@@ -6,10 +6,12 @@ the filesystem calls are used only by the backend and the SDK, so their models l
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
+
+from pulumi_leap0 import spec
 
 #: JSON request bodies larger than this answer 413; file contents have their own limit.
 MAX_JSON_BODY_BYTES = 1024 * 1024
@@ -94,3 +96,26 @@ class LsResponse(_Body):
 
 class ExistsResponse(_Body):
     exists: bool
+
+
+ListState = Literal[
+    "starting", "stopping", "snapshotting", "running", "paused", "unpausing", "stopped",
+    "deleting",
+]
+
+
+class ListQuery(_Body):
+    """The query of ``GET /v1/sandboxes`` (field names as the API spells them)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    state: ListState | None = None
+    sort: Literal["created_at", "state"] = "created_at"
+    order_by: Literal["asc", "desc"] = Field(default="desc", alias="order-by")
+    page: int = Field(default=1, ge=1)
+    page_size: int = Field(
+        default=spec.LIST_PAGE_SIZE_DEFAULT,
+        ge=1,
+        le=spec.LIST_PAGE_SIZE_MAX,
+        alias="page-size",
+    )
