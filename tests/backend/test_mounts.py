@@ -1,0 +1,189 @@
+"""Object-storage mounts through the API: add, update, delete; credentials never come back.
+
+The API side (ids, limits, validation, what responses carry) runs everywhere. Reading a
+bucket's objects inside the sandbox needs the runner's FUSE mounts and a local S3 server
+(moto); that part uses ``require`` so CI, which has both, cannot skip it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pulumi_leap0 import spec
+from tests.backend.helpers import TEMPLATE, http, sdk
+from tests.fixtures.backend import BackendServer, free_port
+from tests.support import require
+
+SECRET_ID = "AKIA-test-key-id"
+SECRET_KEY = "very-secret-access-key"
+
+
+def _mount(endpoint: str, path: str = "/data", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "object-storage",
+        "bucket": "assets",
+        "mount_path": path,
+        "endpoint": endpoint,
+        "access_key_id": SECRET_ID,
+        "secret_access_key": SECRET_KEY,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on this machine, with bucket ``assets`` holding two objects."""
+    port = free_port()
+    server = subprocess.Popen(
+        [shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(endpoint, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        import boto3
+
+        s3 = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id=SECRET_ID, aws_secret_access_key=SECRET_KEY,
+        )
+        s3.create_bucket(Bucket="assets")
+        s3.put_object(Bucket="assets", Key="docs/readme.txt", Body=b"hello from s3\n")
+        s3.put_object(Bucket="assets", Key="top.txt", Body=b"top level\n")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_mounts_add_update_delete_without_credentials_in_answers(
+    backend: BackendServer, api_key: str, s3_endpoint: str
+) -> None:
+    with sdk(backend, api_key) as leap0, http(backend, api_key) as raw:
+        box = leap0.sandboxes.create(
+            template_name=TEMPLATE, mounts=[_mount(s3_endpoint, "/mnt/boot", prefix="docs/")]
+        )
+        try:
+            assert [m.mount_path for m in box.mounts] == ["/mnt/boot"]
+            assert box.mounts[0].id.startswith(spec.MOUNT_ID_PREFIX)
+            added = box.add_mount(_mount(s3_endpoint, "/mnt/extra"))
+            assert added.id.startswith(spec.MOUNT_ID_PREFIX)
+            assert (added.bucket, added.mount_path, added.read_only) == (
+                "assets", "/mnt/extra", True,
+            )
+            updated = box.update_mount(added.id, {"prefix": "docs/"})
+            assert (updated.id, updated.prefix) == (added.id, "docs/")
+            moved = box.update_mount(added.id, {"mount_path": "/mnt/moved"})
+            assert moved.mount_path == "/mnt/moved"
+
+            status = raw.get(f"/v1/sandbox/{box.id}")
+            assert sorted(m["mount_path"] for m in status.json()["mounts"]) == [
+                "/mnt/boot", "/mnt/moved",
+            ]
+            for text in (status.text, raw.get("/v1/sandboxes").text):
+                assert SECRET_KEY not in text and SECRET_ID not in text
+
+            # Same path twice, and an unknown mount.
+            mounts_url = f"/v1/sandbox/{box.id}/mounts"
+            duplicate = raw.post(mounts_url, json=_mount(s3_endpoint, "/mnt/boot"))
+            assert duplicate.status_code == 409
+            assert raw.patch(f"{mounts_url}/mnt-nope", json={"prefix": "a/"}).status_code == 404
+            assert raw.delete(f"{mounts_url}/mnt-nope").status_code == 404
+
+            box.delete_mount(added.id)
+            after = raw.get(f"/v1/sandbox/{box.id}").json()["mounts"]
+            assert [m["mount_path"] for m in after] == ["/mnt/boot"]
+        finally:
+            box.delete()
+
+
+def test_mount_limit(backend: BackendServer, api_key: str, s3_endpoint: str) -> None:
+    with http(backend, api_key) as raw:
+        mounts = [_mount(s3_endpoint, f"/mnt/m{n}") for n in range(spec.MAX_MOUNTS)]
+        created = raw.post("/v1/sandbox", json={"template_name": TEMPLATE, "mounts": mounts})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["id"]
+        try:
+            refused = raw.post(
+                f"/v1/sandbox/{sandbox_id}/mounts", json=_mount(s3_endpoint, "/mnt/x")
+            )
+            assert refused.status_code == 409
+            assert str(spec.MAX_MOUNTS) in refused.json()["message"]
+            too_many = raw.post(
+                "/v1/sandbox",
+                json={"template_name": TEMPLATE, "mounts": [*mounts, _mount(s3_endpoint, "/x")]},
+            )
+            assert too_many.status_code == 400
+            assert too_many.json()["errors"][0]["field"] == "mounts"
+        finally:
+            raw.delete(f"/v1/sandbox/{sandbox_id}")
+
+
+def _fuse_ready() -> bool:
+    return Path("/dev/fuse").exists() and shutil.which("rclone") is not None
+
+
+@pytest.mark.root
+def test_bucket_contents_appear_inside_the_sandbox(
+    backend: BackendServer, api_key: str, s3_endpoint: str
+) -> None:
+    require(_fuse_ready(), "FUSE mounts need /dev/fuse and rclone")
+    with sdk(backend, api_key) as leap0:
+        box = leap0.sandboxes.create(
+            template_name=TEMPLATE, mounts=[_mount(s3_endpoint, "/mnt/docs", prefix="docs/")]
+        )
+        try:
+            seen = box.process.execute(command="cat /mnt/docs/readme.txt")
+            assert seen.stdout == "hello from s3\n", seen.stderr
+            added = box.add_mount(_mount(s3_endpoint, "/mnt/all"))
+            assert box.process.execute(command="cat /mnt/all/top.txt").stdout == "top level\n"
+            # Read-only, and the credentials are nowhere in the sandbox's environment.
+            write = box.process.execute(command="echo x > /mnt/all/new.txt")
+            assert write.exit_code != 0
+            env = box.process.execute(
+                command="env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'"
+            )
+            assert SECRET_KEY not in env.stdout
+            box.update_mount(added.id, {"prefix": "docs/"})
+            again = box.process.execute(command="cat /mnt/all/readme.txt")
+            assert again.stdout == "hello from s3\n"
+            box.delete_mount(added.id)
+            assert box.process.execute(command="ls /mnt/all/top.txt").exit_code != 0
+            # A paused sandbox keeps its mounts when it resumes.
+            box.pause()
+            resumed = box.process.execute(command="cat /mnt/docs/readme.txt")
+            assert resumed.stdout == "hello from s3\n"
+        finally:
+            box.delete()
+
+
+def test_unreachable_endpoint_is_not_a_server_error(
+    backend: BackendServer, api_key: str
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with http(backend, api_key) as raw:
+        created = raw.post("/v1/sandbox", json={"template_name": TEMPLATE})
+        sandbox_id = created.json()["id"]
+        try:
+            answer = raw.post(f"/v1/sandbox/{sandbox_id}/mounts", json=_mount(endpoint, "/mnt/x"))
+            assert answer.status_code < 500, answer.text
+            assert SECRET_KEY not in answer.text
+        finally:
+            raw.delete(f"/v1/sandbox/{sandbox_id}")
