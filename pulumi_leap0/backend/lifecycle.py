@@ -104,6 +104,9 @@ class Lifecycle:
                 with contextlib.suppress(Exception):
                     await self._run(self.runner.destroy, record.id)
                 self.store.forget_sandbox(record.id)
+                if isinstance(exc, runtime.RunnerError) and record.mounts:
+                    # The one part of a valid request that can fail on the outside world.
+                    raise invalid("mounts", f"could not be attached: {exc}") from None
                 raise ApiError(503, "the sandbox could not be started") from None
             self.store.set_state(
                 record.id, S.RUNNING, launched=True, deadline_ts=time.time() + record.timeout
@@ -216,9 +219,11 @@ class Lifecycle:
                 raise conflict(str(exc)) from None
             try:
                 await self._run(self.runner.mount, sandbox_id, runtime.mount_config(record))
-            except Exception:
+            except Exception as exc:
                 self.store.delete_mount(sandbox_id, record.id)
-                raise
+                with contextlib.suppress(Exception):
+                    await self._run(self.runner.unmount, sandbox_id, record.id)
+                raise _mount_failed(exc) from None
         return record
 
     async def update_mount(
@@ -239,13 +244,13 @@ class Lifecycle:
             try:
                 await self._run(self.runner.unmount, sandbox_id, mount_id)
                 await self._run(self.runner.mount, sandbox_id, runtime.mount_config(changed))
-            except Exception:
+            except Exception as exc:
                 # Put the old mount back, in the store and (as far as possible) in the sandbox.
                 self.store.replace_mount(sandbox_id, mount_id, current.config)
                 with contextlib.suppress(Exception):
                     await self._run(self.runner.unmount, sandbox_id, mount_id)
                     await self._run(self.runner.mount, sandbox_id, runtime.mount_config(current))
-                raise
+                raise _mount_failed(exc) from None
         return changed
 
     async def delete_mount(self, org_id: str, sandbox_id: str, mount_id: str) -> None:
@@ -350,3 +355,11 @@ class Lifecycle:
                     log.info("sandbox %s reached its timeout: deleting", sandbox_id)
                     await self._delete_locked(sandbox_id)
 
+
+
+def _mount_failed(exc: Exception) -> Exception:
+    """A mount the runner could not attach: the request's fault (endpoint, bucket, keys)."""
+    if isinstance(exc, runtime.RunnerError):
+        # Runner messages never carry credentials (its contract), so the cause can be shown.
+        return invalid("endpoint", f"the bucket could not be mounted: {exc}")
+    return exc

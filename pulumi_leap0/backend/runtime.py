@@ -19,13 +19,22 @@ from pulumi_leap0 import spec
 from pulumi_leap0.backend import models
 from pulumi_leap0.backend.errors import ApiError, invalid
 from pulumi_leap0.backend.store import MountRecord, SandboxRecord
+from pulumi_leap0.runner.errors import (
+    RunnerError,
+    SandboxFrozenError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+)
+from pulumi_leap0.runner.types import ExecResult, MountConfig, SandboxConfig
+
+__all__ = ["Runner", "RunnerError", "make_runner"]
 
 
 class Runner(Protocol):
     """What the backend calls; ``pulumi_leap0.runner.Runner`` provides it."""
 
     def capabilities(self) -> Any: ...
-    def start(self, config: Any) -> Any: ...
+    def start(self, config: SandboxConfig) -> Any: ...
     def exec(
         self,
         sandbox_id: str,
@@ -34,14 +43,14 @@ class Runner(Protocol):
         cwd: str | None = ...,
         env: Mapping[str, str] | None = ...,
         timeout: float | None = ...,
-    ) -> Any: ...
+    ) -> ExecResult: ...
     def freeze(self, sandbox_id: str) -> Any: ...
     def thaw(self, sandbox_id: str) -> Any: ...
     def stop(self, sandbox_id: str) -> Any: ...
     def destroy(self, sandbox_id: str) -> Any: ...
     def is_alive(self, sandbox_id: str) -> bool: ...
     def recover(self, known_ids: Sequence[str]) -> Iterable[str]: ...
-    def mount(self, sandbox_id: str, config: Any) -> Any: ...
+    def mount(self, sandbox_id: str, config: MountConfig) -> Any: ...
     def unmount(self, sandbox_id: str, mount_id: str) -> Any: ...
     def disk_mib(self, template: str) -> int: ...
 
@@ -86,9 +95,7 @@ def _plain(value: Any) -> Any:
 # --- Configs --------------------------------------------------------------------------------
 
 
-def sandbox_config(record: SandboxRecord) -> Any:
-    from pulumi_leap0.runner import SandboxConfig
-
+def sandbox_config(record: SandboxRecord) -> SandboxConfig:
     return SandboxConfig(
         id=record.id,
         template=record.template_name,
@@ -97,12 +104,11 @@ def sandbox_config(record: SandboxRecord) -> Any:
         env=dict(record.env_vars),
         network_policy=record.network_policy or spec.NetworkPolicy(mode="allow-all"),
         mounts=[mount_config(m) for m in record.mounts],
+        disk_mib=record.disk,
     )
 
 
-def mount_config(mount: MountRecord) -> Any:
-    from pulumi_leap0.runner import MountConfig
-
+def mount_config(mount: MountRecord) -> MountConfig:
     c = mount.config
     return MountConfig(
         id=mount.id,
@@ -124,6 +130,8 @@ def translate_errors() -> Iterator[None]:
     """Runner and OS errors as API answers. Messages name the kind, never the values."""
     try:
         yield
+    except (SandboxNotRunningError, SandboxFrozenError, SandboxNotFoundError):
+        raise ApiError(409, "the sandbox is not running") from None
     except FileNotFoundError:
         raise ApiError(404, "no such file or directory") from None
     except FileExistsError:
