@@ -163,7 +163,11 @@ class Lifecycle:
                 raise conflict(f"the sandbox is {record.state.value}, not running")
             self.store.set_state(sandbox_id, S.STOPPING)
             try:
-                await self._run(self.runner.stop, sandbox_id)
+                # A sandbox whose processes already died is stopped: that is the goal.
+                with contextlib.suppress(
+                    runtime.SandboxNotRunningError, runtime.SandboxNotFoundError
+                ):
+                    await self._run(self.runner.stop, sandbox_id)
             except Exception:
                 self.store.set_state(sandbox_id, record.state)
                 raise
@@ -201,7 +205,9 @@ class Lifecycle:
     async def _delete_locked(self, sandbox_id: str) -> None:
         self.store.set_state(sandbox_id, S.DELETING)
         # A destroy that fails leaves the sandbox in ``deleting``; startup recovery finishes it.
-        await self._run(self.runner.destroy, sandbox_id)
+        # One the runner no longer knows is already gone, which is what delete wants.
+        with contextlib.suppress(runtime.SandboxNotFoundError):
+            await self._run(self.runner.destroy, sandbox_id)
         self.store.forget_sandbox(sandbox_id)
         self._locks.pop(sandbox_id, None)
 

@@ -27,7 +27,13 @@ from pulumi_leap0.runner.errors import (
 )
 from pulumi_leap0.runner.types import ExecResult, MountConfig, SandboxConfig
 
-__all__ = ["Runner", "RunnerError", "make_runner"]
+__all__ = [
+    "Runner",
+    "RunnerError",
+    "SandboxNotFoundError",
+    "SandboxNotRunningError",
+    "make_runner",
+]
 
 
 class Runner(Protocol):
