@@ -1,0 +1,124 @@
+"""What isolation this host can actually give, in words an operator can act on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pulumi_leap0.runner import mounts, network, sysutil
+from pulumi_leap0.runner.cgroups import Cgroups
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The runner's guarantees on this host. ``missing`` says, one sentence each, which
+    guarantee a sandbox does not get here; empty means every guarantee holds."""
+
+    root: bool
+    bubblewrap: bool
+    bubblewrap_version: str | None
+    namespaces: bool
+    cgroup_version: int | None
+    cpu: bool
+    memory: bool
+    pids: bool
+    freezer: bool
+    cpuacct: bool
+    disk_limit: bool
+    network_namespaces: bool
+    nftables: bool
+    network_policy: bool
+    fuse: bool
+    object_storage_mounts: bool
+    safe_file_access: bool
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False,
+                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
+    root = os.geteuid() == 0
+    bwrap = shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+    version: str | None = None
+    namespaces = False
+    if bwrap:
+        out = _run([bwrap, "--version"])
+        version = out.stdout.strip().removeprefix("bubblewrap ") if out else None
+        trial = _run([bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc",
+                      "--unshare-uts", "--unshare-net", "--ro-bind", "/usr", "/usr",
+                      "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                      "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
+                      "--", "/bin/true"])
+        namespaces = trial is not None and trial.returncode == 0
+    writable = (cgroups.probe_writable(f"leap0/{scope}/probe-{os.getpid()}")
+                if cgroups is not None and root else {})
+    netns = root and shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None \
+        and shutil.which("nsenter", path="/usr/bin:/bin") is not None
+    nft = shutil.which("nft", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None
+    fuse = Path("/dev/fuse").exists() and shutil.which("fusermount3") is not None
+    safe_files = sysutil.openat2_supported()
+
+    caps = Capabilities(
+        root=root,
+        bubblewrap=bwrap is not None,
+        bubblewrap_version=version,
+        namespaces=namespaces,
+        cgroup_version=cgroups.version if cgroups is not None else None,
+        cpu=writable.get("cpu", False),
+        memory=writable.get("memory", False),
+        pids=writable.get("pids", False),
+        freezer=writable.get("freezer", False),
+        cpuacct=writable.get("cpuacct", False),
+        disk_limit=root,
+        network_namespaces=netns,
+        nftables=nft,
+        network_policy=network.POLICY_ENFORCED,
+        fuse=fuse,
+        object_storage_mounts=mounts.AVAILABLE,
+        safe_file_access=safe_files,
+    )
+    missing: list[str] = []
+    if not caps.bubblewrap:
+        missing.append("bubblewrap (bwrap) is not installed: sandboxes cannot start.")
+    elif not caps.namespaces:
+        missing.append("bubblewrap cannot create namespaces here (user namespaces disabled?): "
+                       "sandboxes cannot start.")
+    if caps.cgroup_version is None:
+        missing.append("no usable cgroup hierarchy: no CPU, memory or process limits.")
+    else:
+        for ctl, words in (("cpu", "vcpu is not enforced (no CPU quota)"),
+                           ("memory", "memory is not limited"),
+                           ("pids", "fork bombs are not contained (no pids limit)"),
+                           ("freezer", "pause/resume cannot freeze processes")):
+            if not writable.get(ctl, False):
+                missing.append(f"cgroup {ctl} controller not writable: {words}.")
+    if not root:
+        missing.append("not running as root: the writable layer has no size limit and "
+                       "sandbox processes run under the runner's own uid.")
+    if not caps.network_namespaces:
+        missing.append("ip/nsenter unavailable or not root: sandboxes get a private "
+                       "loopback-only network from bubblewrap instead of a named netns.")
+    if not caps.network_policy:
+        missing.append("network policies are not enforced yet: every sandbox is "
+                       "loopback-only (allow-all and custom fail closed, as deny-all).")
+    if not caps.object_storage_mounts:
+        missing.append("object-storage mounts are not available yet: sandboxes with mounts "
+                       "fail to start.")
+    elif not caps.fuse:
+        missing.append("FUSE (/dev/fuse, fusermount3) unavailable: no object-storage mounts.")
+    if not caps.safe_file_access:
+        missing.append("openat2 unsupported (Linux < 5.6): the filesystem API is disabled.")
+    return Capabilities(**{**caps.__dict__, "missing": missing})
