@@ -100,7 +100,7 @@ class Lifecycle:
                 await self._run(self.runner.start, runtime.sandbox_config(record))
             except Exception as exc:
                 # Nothing half-made is left behind, and the quota slot is given back.
-                log.error("sandbox %s failed to start: %s", record.id, type(exc).__name__)
+                log.error("sandbox %s failed to start: %s: %s", record.id, type(exc).__name__, exc)
                 with contextlib.suppress(Exception):
                     await self._run(self.runner.destroy, record.id)
                 self.store.forget_sandbox(record.id)
@@ -184,7 +184,7 @@ class Lifecycle:
             try:
                 await self._run(self.runner.start, runtime.sandbox_config(record))
             except Exception as exc:
-                log.error("sandbox %s failed to start: %s", sandbox_id, type(exc).__name__)
+                log.error("sandbox %s failed to start: %s: %s", sandbox_id, type(exc).__name__, exc)
                 self.store.set_state(sandbox_id, S.STOPPED)
                 raise ApiError(503, "the sandbox could not be started") from None
             self.store.set_state(
@@ -305,8 +305,10 @@ class Lifecycle:
     async def recover(self) -> None:
         """Make the store tell the truth about sandboxes after a restart."""
         records = self.store.all_live_sandboxes()
-        expected = [r.id for r in records if r.state not in (S.STOPPED,)]
-        alive = set(await self._run(self.runner.recover, expected))
+        # Every sandbox we still own is "known", stopped ones included: the runner destroys
+        # whatever is not known (orphans), and a stopped sandbox's disk must survive.
+        known = [r.id for r in records if r.state != S.DELETING]
+        alive = set(await self._run(self.runner.recover, known))
         for record in records:
             if record.state == S.DELETING:
                 with contextlib.suppress(Exception):

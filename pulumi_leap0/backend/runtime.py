@@ -78,7 +78,9 @@ def has_template(runner: Runner, name: str) -> bool:
 
 
 def capability_report(runner: Runner) -> Any:
-    return _plain(runner.capabilities())
+    report = runner.capabilities()
+    to_json = getattr(report, "to_json", None)
+    return _plain(to_json() if callable(to_json) else report)
 
 
 def _plain(value: Any) -> Any:

@@ -40,6 +40,17 @@ def _mount(endpoint: str, path: str = "/data", **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def mounts_available(backend: BackendServer) -> bool:
+    """Whether the runner behind the backend can attach object-storage mounts here."""
+    capabilities = httpx.get(f"{backend.base_url}/healthz").json()["capabilities"]
+    return bool(capabilities.get("object_storage_mounts"))
+
+
+def _require_mounts(available: bool) -> None:
+    require(available, "the runner reports object_storage_mounts unavailable on this host")
+
+
+@pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on this machine, with bucket ``assets`` holding two objects."""
     port = free_port()
@@ -72,8 +83,9 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def test_mounts_add_update_delete_without_credentials_in_answers(
-    backend: BackendServer, api_key: str, s3_endpoint: str
+    backend: BackendServer, api_key: str, s3_endpoint: str, mounts_available: bool
 ) -> None:
+    _require_mounts(mounts_available)
     with sdk(backend, api_key) as leap0, http(backend, api_key) as raw:
         box = leap0.sandboxes.create(
             template_name=TEMPLATE, mounts=[_mount(s3_endpoint, "/mnt/boot", prefix="docs/")]
@@ -112,9 +124,18 @@ def test_mounts_add_update_delete_without_credentials_in_answers(
             box.delete()
 
 
-def test_mount_limit(backend: BackendServer, api_key: str, s3_endpoint: str) -> None:
+def test_mount_limit(
+    backend: BackendServer, api_key: str, s3_endpoint: str, mounts_available: bool
+) -> None:
+    mounts = [_mount(s3_endpoint, f"/mnt/m{n}") for n in range(spec.MAX_MOUNTS)]
     with http(backend, api_key) as raw:
-        mounts = [_mount(s3_endpoint, f"/mnt/m{n}") for n in range(spec.MAX_MOUNTS)]
+        too_many = raw.post(
+            "/v1/sandbox",
+            json={"template_name": TEMPLATE, "mounts": [*mounts, _mount(s3_endpoint, "/x")]},
+        )
+        assert too_many.status_code == 400
+        assert too_many.json()["errors"][0]["field"] == "mounts"
+        _require_mounts(mounts_available)
         created = raw.post("/v1/sandbox", json={"template_name": TEMPLATE, "mounts": mounts})
         assert created.status_code == 201, created.text
         sandbox_id = created.json()["id"]
@@ -124,12 +145,6 @@ def test_mount_limit(backend: BackendServer, api_key: str, s3_endpoint: str) -> 
             )
             assert refused.status_code == 409
             assert str(spec.MAX_MOUNTS) in refused.json()["message"]
-            too_many = raw.post(
-                "/v1/sandbox",
-                json={"template_name": TEMPLATE, "mounts": [*mounts, _mount(s3_endpoint, "/x")]},
-            )
-            assert too_many.status_code == 400
-            assert too_many.json()["errors"][0]["field"] == "mounts"
         finally:
             raw.delete(f"/v1/sandbox/{sandbox_id}")
 
@@ -140,9 +155,10 @@ def _fuse_ready() -> bool:
 
 @pytest.mark.root
 def test_bucket_contents_appear_inside_the_sandbox(
-    backend: BackendServer, api_key: str, s3_endpoint: str
+    backend: BackendServer, api_key: str, s3_endpoint: str, mounts_available: bool
 ) -> None:
     require(_fuse_ready(), "FUSE mounts need /dev/fuse and rclone")
+    _require_mounts(mounts_available)
     with sdk(backend, api_key) as leap0:
         box = leap0.sandboxes.create(
             template_name=TEMPLATE, mounts=[_mount(s3_endpoint, "/mnt/docs", prefix="docs/")]
@@ -187,3 +203,37 @@ def test_unreachable_endpoint_is_not_a_server_error(
             assert SECRET_KEY not in answer.text
         finally:
             raw.delete(f"/v1/sandbox/{sandbox_id}")
+
+
+def test_mount_routes_api_side(backend: BackendServer, api_key: str, s3_endpoint: str) -> None:
+    """What holds with or without the runner's mount support."""
+    with http(backend, api_key) as raw:
+        sandbox_id = raw.post("/v1/sandbox", json={"template_name": TEMPLATE}).json()["id"]
+        try:
+            mounts_url = f"/v1/sandbox/{sandbox_id}/mounts"
+            assert raw.patch(f"{mounts_url}/mnt-nope", json={"prefix": "a/"}).status_code == 404
+            assert raw.delete(f"{mounts_url}/mnt-nope").status_code == 404
+            bad = raw.post(mounts_url, json=_mount(s3_endpoint, "/proc/x", prefix="/abs"))
+            assert bad.status_code == 400
+            assert {e["field"] for e in bad.json()["errors"]} == {"mount_path", "prefix"}
+            assert SECRET_KEY not in bad.text
+            # Attached or refused, never a server error, never the credentials.
+            added = raw.post(mounts_url, json=_mount(s3_endpoint, "/mnt/ok"))
+            assert added.status_code in (201, 400), added.text
+            assert SECRET_KEY not in added.text and SECRET_ID not in added.text
+            if added.status_code == 400:
+                assert added.json()["errors"][0]["field"] == "endpoint"
+                assert raw.get(f"/v1/sandbox/{sandbox_id}").json()["mounts"] == []
+        finally:
+            raw.delete(f"/v1/sandbox/{sandbox_id}")
+        # A create whose mounts cannot be attached leaves nothing behind.
+        refused = raw.post(
+            "/v1/sandbox",
+            json={"template_name": TEMPLATE, "mounts": [_mount(s3_endpoint, "/mnt/a")]},
+        )
+        assert refused.status_code in (201, 400), refused.text
+        if refused.status_code == 201:
+            raw.delete(f"/v1/sandbox/{refused.json()['id']}")
+        else:
+            assert refused.json()["errors"][0]["field"] == "mounts"
+        assert raw.get("/v1/sandboxes").json()["total_items"] == 0

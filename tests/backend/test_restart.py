@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.backend.helpers import TEMPLATE, http
-from tests.fixtures.backend import BackendServer
+from tests.fixtures.backend import BackendServer, running_backend
 
 
 @pytest.fixture
-def own_backend(tmp_path: Path) -> Iterator[BackendServer]:
+def own_backend() -> Iterator[BackendServer]:
     """A server of this test's own: restarting the session's server would disturb others."""
-    server = BackendServer(tmp_path / "backend")
-    server.start()
-    try:
+    with running_backend() as server:
         yield server
-    finally:
-        left = server.delete_all_sandboxes() if server.running else []
-        code = server.stop()
-        assert not left
-        assert code == 0, server.log()
 
 
 def test_restart_loses_nothing(own_backend: BackendServer) -> None:
