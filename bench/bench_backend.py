@@ -160,6 +160,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="leap0-bench-") as tmp:
         data_dir = Path(tmp)
+        # The sandboxes' own uids must traverse the data dir (bubblewrap binds from it).
+        data_dir.chmod(0o711)
         port = _free_port()
         server = _start_server(data_dir, port)
         try:
