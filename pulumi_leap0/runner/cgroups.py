@@ -44,9 +44,8 @@ def _read(path: Path) -> str:
 
 
 def _write(path: Path, value: str) -> None:
-    # Control files want one write() of the whole value; open without truncation semantics
-    # mattering (kernfs ignores them) and without buffering surprises.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Control files want the whole value in one write(), so no buffered file object.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, value.encode())
     finally:

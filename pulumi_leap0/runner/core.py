@@ -2,9 +2,13 @@
 
 How a sandbox is made (``start``), and why:
 
-1. ``<root_dir>/<id>/`` holds everything host-side: ``state.json`` (how to find the sandbox
-   again after the backend restarts), generated ``/etc/passwd``-like files, and ``layer/``,
-   a size-limited tmpfs that is the sandbox's only writable storage (``/home/<user>``,
+1. ``<root_dir>/<id>/state.json`` says how to find the sandbox again after the backend
+   restarts (0600: it holds env values). What bubblewrap binds into the sandbox lives in
+   ``/run/leap0/<scope>/<id>/`` instead: bubblewrap runs as the unprivileged sandbox uid and
+   resolves bind sources by path, so they must sit below world-traversable directories,
+   which ``root_dir`` need not be (``/root/...``, pytest's 0700 tmp). There: generated
+   ``/etc/passwd``-like files, ``mnt/`` for object-storage mounts, and ``layer/``, a
+   size-limited tmpfs that is the sandbox's only writable storage (``/home/<user>``,
    ``/tmp``, ``/var/tmp``, ``/dev/shm``). ``stop`` keeps it, ``destroy`` removes it.
 2. A cgroup ``leap0/<scope>/<id>`` with the CPU quota, memory limit (no swap) and pids
    limit, and a network namespace from ``network.setup``.
@@ -76,13 +80,19 @@ EXIT_TIMED_OUT = 124
 # from background processes that inherited stdout; they do not hold the call open longer.
 OUTPUT_GRACE_S = 0.05
 STAGING_SANDBOX = "/run/leap0/mounts"
+RUNTIME_BASE = Path("/run/leap0")
 SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ENV_NAME = re.compile(r"^[^=\x00-][^=\x00]*$")
 _HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 # Join every cgroup given before "--", then become the rest of the command line.
 _JOIN = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 121; shift; done; '
          'shift; exec "$@"')
-_INIT = "echo ready; exec sleep infinity </dev/null >/dev/null 2>&1"
+# The sandbox's pid 1 (bwrap --as-pid-1): a shell, because a namespace's init ignores every
+# signal from inside that it has no handler for, so the sandbox user cannot kill it (with
+# bwrap's own reaper as pid 1, ``kill -9 -1`` inside would end the sandbox), and because
+# dash's ``wait`` reaps any child, including orphans re-parented to it.
+_INIT = ("echo ready; exec </dev/null >/dev/null 2>&1; "
+         "while :; do sleep 86400 & wait; done")
 
 
 def short_hash(text: str, length: int = 8) -> str:
@@ -125,6 +135,12 @@ class Runner:
         self.root_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         os.chmod(self.root_dir, 0o711)
         self.scope = short_hash(str(self.root_dir))
+        privileged = os.geteuid() == 0
+        self.runtime_dir = RUNTIME_BASE / self.scope if privileged else self.root_dir
+        if privileged:
+            for d in (RUNTIME_BASE, self.runtime_dir):
+                d.mkdir(mode=0o711, exist_ok=True)
+                os.chmod(d, 0o711)
         self.templates = TemplateRegistry()
         self._privileged = os.geteuid() == 0
         self._cgroups = self._usable_cgroups()
@@ -158,6 +174,9 @@ class Runner:
 
     def _dir(self, sandbox_id: str) -> Path:
         return self.root_dir / sandbox_id
+
+    def _rt(self, sandbox_id: str) -> Path:
+        return self.runtime_dir / sandbox_id
 
     def _id_lock(self, sandbox_id: str) -> threading.Lock:
         with self._lock:
@@ -236,11 +255,13 @@ class Runner:
         )
 
     def list_sandboxes(self) -> list[str]:
-        """Ids with host-side state under ``root_dir`` (running or stopped)."""
-        with contextlib.suppress(OSError):
-            return sorted(e.name for e in os.scandir(self.root_dir)
-                          if e.is_dir(follow_symlinks=False) and SANDBOX_ID.match(e.name))
-        return []
+        """Ids with host-side state (running or stopped)."""
+        found: set[str] = set()
+        for d in {self.root_dir, self.runtime_dir}:
+            with contextlib.suppress(OSError):
+                found.update(e.name for e in os.scandir(d)
+                             if e.is_dir(follow_symlinks=False) and SANDBOX_ID.match(e.name))
+        return sorted(found)
 
     # --- Start ----------------------------------------------------------------------------
 
@@ -263,7 +284,7 @@ class Runner:
             if existing is not None and self._running(existing):
                 raise RunnerError("the sandbox is already running")
             state = self._dir(config.id)
-            layer_existed = (state / "layer").is_dir()
+            layer_existed = (self._rt(config.id) / "layer").is_dir()
             try:
                 self._start_locked(config, template, state)
             except BaseException as exc:
@@ -281,10 +302,12 @@ class Runner:
         host_gid = SANDBOX_HOST_UID_BASE + template.uid if self._privileged else os.getegid()
         state.mkdir(mode=0o711, exist_ok=True)
         os.chmod(state, 0o711)
-        layer = self._make_layer(state, config.disk_mib or template.disk_mib, template,
+        rt = self._rt(config.id)
+        rt.mkdir(mode=0o711, exist_ok=True)
+        layer = self._make_layer(rt, config.disk_mib or template.disk_mib, template,
                                  host_uid, host_gid)
-        self._write_identity(state, config.id, template)
-        staging = self._make_staging(state)
+        self._write_identity(rt, config.id, template)
+        staging = self._make_staging(rt)
 
         rel = self._cg(config.id)
         if self._cgroups is not None:
@@ -301,8 +324,13 @@ class Runner:
         box = _Box(id=config.id, template=template.name, user=template.user, uid=template.uid,
                    host_uid=host_uid, host_gid=host_gid, workdir=template.workdir, env=env,
                    netns=handle.netns_name if handle else None)
-        args = self._bwrap_args(config.id, template, state, layer, staging, env, handle)
-        self._spawn_init(box, state, args, handle)
+        fds: list[int] = []
+        try:
+            args = self._bwrap_args(config.id, template, rt, layer, staging, env, handle, fds)
+            self._spawn_init(box, state, args, handle, fds)
+        finally:
+            for f in fds:
+                os.close(f)
         self._save(box)
         for mount in config.mounts:
             mounts.attach(self._handle(box), mount)
@@ -355,9 +383,17 @@ class Runner:
 
     def _bwrap_args(self, sandbox_id: str, template: Template, state: Path, layer: Path,
                     staging: Path | None, env: Mapping[str, str],
-                    handle: network.NetworkHandle | None) -> list[str]:
+                    handle: network.NetworkHandle | None, fds: list[int]) -> list[str]:
+        """bubblewrap's options. Host paths are handed over as open fds (appended to
+        ``fds``): bubblewrap runs as the unprivileged sandbox uid, which need not be able
+        to traverse the runner's directories (or a template's)."""
+
+        def fd(path: Path) -> str:
+            fds.append(os.open(path, sysutil.O_PATH | os.O_CLOEXEC))
+            return str(fds[-1])
+
         uid = str(template.uid)
-        a = ["--unshare-user", "--uid", uid, "--gid", uid, "--disable-userns",
+        a = ["--unshare-user", "--uid", uid, "--gid", uid, "--disable-userns", "--as-pid-1",
              "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--new-session", "--hostname", sandbox_id]
         if handle is None:
@@ -368,17 +404,17 @@ class Runner:
             if src.is_symlink():
                 a += ["--symlink", os.readlink(src), f"/{entry}"]
             elif src.is_dir():
-                a += ["--ro-bind", str(src), f"/{entry}"]
+                a += ["--ro-bind-fd", fd(src), f"/{entry}"]
         a += ["--proc", "/proc", "--dev", "/dev",
-              "--bind", str(layer / "shm"), "/dev/shm",
-              "--bind", str(layer / "tmp"), "/tmp",
-              "--dir", "/var", "--bind", str(layer / "vartmp"), "/var/tmp",
+              "--bind-fd", fd(layer / "shm"), "/dev/shm",
+              "--bind-fd", fd(layer / "tmp"), "/tmp",
+              "--dir", "/var", "--bind-fd", fd(layer / "vartmp"), "/var/tmp",
               "--symlink", "../run", "/var/run",
               "--dir", "/run", "--dir", "/home", "--dir", "/root",
-              "--bind", str(layer / "home"), template.home]
+              "--bind-fd", fd(layer / "home"), template.home]
         if (rootfs / "etc").is_dir():
             for name in ("passwd", "group", "hostname", "hosts"):
-                a += ["--ro-bind", str(state / "etc" / name), f"/etc/{name}"]
+                a += ["--ro-bind-fd", fd(state / "etc" / name), f"/etc/{name}"]
             from pulumi_leap0.runner.templates import HIDDEN_DIRS, HIDDEN_FILES
 
             for hidden in HIDDEN_FILES:
@@ -394,10 +430,10 @@ class Runner:
                 inner = self.root_dir.relative_to(top.resolve())
                 a += ["--tmpfs", f"/{entry}/{inner}"]
         if staging is not None:
-            a += ["--bind", str(staging), STAGING_SANDBOX]
+            a += ["--bind-fd", fd(staging), STAGING_SANDBOX]
         if handle is not None:
             for host_path, inside in handle.extra_ro_binds:
-                a += ["--ro-bind", str(host_path), inside]
+                a += ["--ro-bind-fd", fd(host_path), inside]
         if template.workdir != template.home:
             a += ["--dir", template.workdir]
         a += ["--remount-ro", "/", "--chdir", template.workdir, "--clearenv"]
@@ -406,7 +442,7 @@ class Runner:
         return a
 
     def _spawn_init(self, box: _Box, state: Path, args: list[str],
-                    handle: network.NetworkHandle | None) -> None:
+                    handle: network.NetworkHandle | None, fds: Sequence[int]) -> None:
         info_r, info_w = os.pipe()
         ready_r, ready_w = os.pipe()
         args_path = state / "bwrap.args"
@@ -431,7 +467,7 @@ class Runner:
             with open(state / "init.log", "ab") as errlog:
                 proc = subprocess.Popen(
                     argv, env=_HOST_ENV, stdin=subprocess.DEVNULL, stdout=ready_w,
-                    stderr=errlog, pass_fds=(info_w, args_fd), start_new_session=True,
+                    stderr=errlog, pass_fds=(info_w, args_fd, *fds), start_new_session=True,
                     cwd="/",
                 )
             with self._lock:
@@ -485,10 +521,9 @@ class Runner:
         return f"exit status {proc.returncode}"
 
     def _handle(self, box: _Box) -> mounts.SandboxHandle:
-        state = self._dir(box.id)
         return mounts.SandboxHandle(
-            sandbox_id=box.id, init_pid=box.init_pid, state_dir=state,
-            staging_host=state / "mnt", staging_sandbox=STAGING_SANDBOX,
+            sandbox_id=box.id, init_pid=box.init_pid, state_dir=self._dir(box.id),
+            staging_host=self._rt(box.id) / "mnt", staging_sandbox=STAGING_SANDBOX,
             uid=box.host_uid, gid=box.host_gid,
         )
 
@@ -696,10 +731,11 @@ class Runner:
             self._cgroups.remove(rel)
         if self._netns:
             network.teardown(sandbox_id, scope=self.scope)
-        for point in sysutil.mountpoints_under(state / "mnt"):
+        rt = self._rt(sandbox_id)
+        for point in sysutil.mountpoints_under(rt / "mnt"):
             sysutil.umount(point)
         if not keep_layer:
-            for point in sysutil.mountpoints_under(state):
+            for point in sysutil.mountpoints_under(rt):
                 sysutil.umount(point)
         if box is not None:
             box.init_pid = box.init_start = box.outer_pid = 0
@@ -719,10 +755,10 @@ class Runner:
                 os.waitpid(box.outer_pid, 0)
 
     def _remove_state(self, sandbox_id: str) -> None:
-        state = self._dir(sandbox_id)
-        for point in sysutil.mountpoints_under(state):
-            sysutil.umount(point)
-        shutil.rmtree(state, ignore_errors=True)
+        for d in (self._rt(sandbox_id), self._dir(sandbox_id)):
+            for point in sysutil.mountpoints_under(d):
+                sysutil.umount(point)
+            shutil.rmtree(d, ignore_errors=True)
         with self._lock:
             self._boxes.pop(sandbox_id, None)
 
