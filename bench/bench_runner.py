@@ -1,0 +1,101 @@
+"""Runner figures: start latency and the host-side memory cost of an idle sandbox.
+
+Start latency is measured from ``Runner.start`` being called to the first command's output
+having come back (``start`` + ``exec("true")``), and separately ``start`` alone, over
+``N`` sandboxes started one after another. Target: start median < 50 ms.
+
+Host-side memory per idle sandbox: what the host spends beyond the sandbox's own
+processes. The sandbox's own processes are charged to its cgroup (``memory`` in the
+sandbox cgroup). Everything else (the outer bubblewrap monitor, kernel objects for its
+namespaces, its netns, mounts, page tables not charged) shows up in the host's used memory
+but not in the sandbox cgroup. So: (MemAvailable drop while N idle sandboxes exist -
+sum of their cgroup charges) / N. The figure is noisy (page cache, other processes);
+it is an estimate, printed with the parts. Target: < 10 MiB per idle sandbox.
+
+Run as root: ``python3 bench/bench_runner.py [N]``. Takes well under two minutes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pulumi_leap0.runner import Runner, SandboxConfig
+
+TEMPLATE = "system/debian:bookworm"
+
+
+def mem_available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    with tempfile.TemporaryDirectory(prefix="leap0-bench-") as tmp:
+        runner = Runner(Path(tmp) / "sandboxes")
+        caps = runner.capabilities()
+        if not (caps.bubblewrap and caps.namespaces):
+            print("bench_runner: bubblewrap with namespaces is required:", caps.missing)
+            return 1
+        # Warm up caches (binaries, dentries) so the figures are of steady state.
+        warm = f"sbx-warm-{secrets.token_hex(4)}"
+        runner.start(SandboxConfig(id=warm, template=TEMPLATE))
+        runner.exec(warm, "true")
+        runner.destroy(warm)
+
+        time.sleep(0.5)
+        avail_before = mem_available_kib()
+        ids: list[str] = []
+        start_only: list[float] = []
+        to_first: list[float] = []
+        try:
+            for _ in range(n):
+                sandbox_id = f"sbx-bench-{secrets.token_hex(6)}"
+                ids.append(sandbox_id)
+                t0 = time.perf_counter()
+                runner.start(SandboxConfig(id=sandbox_id, template=TEMPLATE, memory_mib=512))
+                t1 = time.perf_counter()
+                result = runner.exec(sandbox_id, "echo first")
+                t2 = time.perf_counter()
+                assert result.stdout == "first\n", result
+                start_only.append((t1 - t0) * 1000)
+                to_first.append((t2 - t0) * 1000)
+            time.sleep(1.0)  # let the idle sandboxes settle
+            avail_after = mem_available_kib()
+            charged = sum(runner.stats(i).memory_bytes for i in ids) / 1024
+        finally:
+            t0 = time.perf_counter()
+            for sandbox_id in ids:
+                runner.destroy(sandbox_id)
+            destroy_ms = (time.perf_counter() - t0) * 1000 / max(1, len(ids))
+
+        used = avail_before - avail_after
+        host_side = (used - charged) / n / 1024
+        print(f"sandboxes: {n} (cgroup v{caps.cgroup_version}, bwrap {caps.bubblewrap_version})")
+        print(f"start():               median {statistics.median(start_only):6.1f} ms   "
+              f"p99 {pct(start_only, 0.99):6.1f} ms")
+        print(f"start -> first output: median {statistics.median(to_first):6.1f} ms   "
+              f"p99 {pct(to_first, 0.99):6.1f} ms")
+        print(f"destroy():             mean   {destroy_ms:6.1f} ms")
+        print(f"memory: host used {used / 1024:.1f} MiB for {n} idle sandboxes, "
+              f"{charged / 1024:.1f} MiB charged to their cgroups")
+        print(f"host-side memory per idle sandbox (beyond its own processes): "
+              f"{host_side:.2f} MiB")
+        print(f"per idle sandbox in total (incl. its processes): {used / n / 1024:.2f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
