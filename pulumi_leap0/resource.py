@@ -1,0 +1,154 @@
+"""``leap0.Sandbox``: what a Pulumi program writes.
+
+Inputs are named as the API names them. Credentials (env var values, mount keys, injected
+header values) are marked secret here, by the resource itself, so that a user who passes a
+plain string still never finds it in plaintext in state or in preview output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi.dynamic
+
+from pulumi_leap0.provider import SandboxProvider
+
+SANDBOX_TYPE = "pulumi-python:dynamic/leap0:Sandbox"
+
+_OUTPUTS = ("state", "template_id", "disk", "created_at")
+
+
+@dataclass
+class TransformArgs:
+    """Rewrite requests to ``domain``: inject credentials, strip headers the sandbox sent."""
+
+    domain: pulumi.Input[str]
+    inject_headers: pulumi.Input[dict[str, pulumi.Input[str]]] | None = None
+    strip_headers: pulumi.Input[list[pulumi.Input[str]]] | None = None
+
+
+@dataclass
+class NetworkPolicyArgs:
+    """Egress: ``allow-all`` (the default), ``deny-all``, or ``custom`` with allow lists."""
+
+    mode: pulumi.Input[str]
+    allow_domains: pulumi.Input[list[pulumi.Input[str]]] | None = None
+    allow_cidrs: pulumi.Input[list[pulumi.Input[str]]] | None = None
+    transforms: list[TransformArgs] | None = None
+
+
+@dataclass
+class MountArgs:
+    """A read-only S3-compatible bucket at ``mount_path``; credentials stay on the runner."""
+
+    bucket: pulumi.Input[str]
+    mount_path: pulumi.Input[str]
+    endpoint: pulumi.Input[str]
+    prefix: pulumi.Input[str] | None = None
+    read_only: pulumi.Input[bool] | None = None
+    access_key_id: pulumi.Input[str] | None = None
+    secret_access_key: pulumi.Input[str] | None = None
+    type: str = "object-storage"
+
+
+@dataclass
+class SandboxArgs:
+    template_name: pulumi.Input[str]
+    env_vars: pulumi.Input[dict[str, pulumi.Input[str]]] | None = None
+    mounts: list[MountArgs] | None = None
+    vcpu: pulumi.Input[int] | None = None
+    memory: pulumi.Input[int] | None = None
+    timeout: pulumi.Input[int] | None = None
+    auto_pause: pulumi.Input[bool] | None = None
+    network_policy: NetworkPolicyArgs | None = None
+    #: Seconds create waits for the sandbox to run before it deletes it and fails.
+    create_timeout: pulumi.Input[float] | None = None
+
+
+def _secret(value: Any) -> Any:
+    return None if value is None else pulumi.Output.secret(value)
+
+
+def _plain(value: Any) -> Any:
+    """Argument objects (or dicts) as the plain dicts the engine protocol carries."""
+    if isinstance(value, MountArgs | NetworkPolicyArgs | TransformArgs):
+        value = {k: v for k, v in vars(value).items() if v is not None}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _mark_secrets(props: dict[str, Any]) -> dict[str, Any]:
+    props["env_vars"] = _secret(props.get("env_vars"))
+    for mount in props.get("mounts") or []:
+        if isinstance(mount, dict):
+            for key in ("access_key_id", "secret_access_key"):
+                if key in mount:
+                    mount[key] = _secret(mount[key])
+    policy = props.get("network_policy")
+    if isinstance(policy, dict):
+        for transform in policy.get("transforms") or []:
+            if isinstance(transform, dict) and "inject_headers" in transform:
+                transform["inject_headers"] = _secret(transform["inject_headers"])
+    return props
+
+
+class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
+    """A Leap0 sandbox. Changing vcpu, memory, template, env_vars, timeout, auto_pause or
+    the network policy replaces it (deleting the old one first); mounts change in place."""
+
+    template_name: pulumi.Output[str]
+    env_vars: pulumi.Output[dict[str, str]]
+    mounts: pulumi.Output[list[dict[str, Any]]]
+    vcpu: pulumi.Output[int]
+    memory: pulumi.Output[int]
+    timeout: pulumi.Output[int]
+    auto_pause: pulumi.Output[bool]
+    network_policy: pulumi.Output[dict[str, Any]]
+    state: pulumi.Output[str]
+    template_id: pulumi.Output[str]
+    disk: pulumi.Output[int]
+    created_at: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        args: SandboxArgs | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        template_name: pulumi.Input[str] | None = None,
+        env_vars: pulumi.Input[dict[str, pulumi.Input[str]]] | None = None,
+        mounts: list[MountArgs] | list[dict[str, Any]] | None = None,
+        vcpu: pulumi.Input[int] | None = None,
+        memory: pulumi.Input[int] | None = None,
+        timeout: pulumi.Input[int] | None = None,
+        auto_pause: pulumi.Input[bool] | None = None,
+        network_policy: NetworkPolicyArgs | dict[str, Any] | None = None,
+        create_timeout: pulumi.Input[float] | None = None,
+    ) -> None:
+        if args is not None:
+            given = dict(vars(args))
+        else:
+            given = {
+                "template_name": template_name, "env_vars": env_vars, "mounts": mounts,
+                "vcpu": vcpu, "memory": memory, "timeout": timeout, "auto_pause": auto_pause,
+                "network_policy": network_policy, "create_timeout": create_timeout,
+            }
+        if given.get("template_name") is None and (opts is None or opts.id is None):
+            raise TypeError("Sandbox needs template_name")
+        props = _mark_secrets(_plain({k: v for k, v in given.items() if v is not None}))
+        # Outputs only exist as attributes when the props name them.
+        props = {**dict.fromkeys((*_OUTPUTS, *given)), **props}
+        super().__init__(SandboxProvider(), resource_name, props, opts)
+
+    @staticmethod
+    def get(
+        resource_name: str, id: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
+    ) -> Sandbox:
+        """Read an existing sandbox into the program without managing it."""
+        return Sandbox(resource_name, opts=pulumi.ResourceOptions.merge(opts,
+                       pulumi.ResourceOptions(id=id)))
