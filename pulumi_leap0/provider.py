@@ -34,6 +34,7 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
+from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
 from pulumi_leap0 import spec
@@ -60,7 +61,9 @@ class SandboxError(Exception):
 
 
 def _is_unknown(value: Any) -> bool:
-    if value is rpc.UNKNOWN or value == rpc.UNKNOWN:
+    # The engine's Check and Diff keep unknowns as ``Unknown`` objects; other calls would
+    # see the sentinel string.
+    if isinstance(value, Unknown) or value == rpc.UNKNOWN:
         return True
     if isinstance(value, Mapping):
         return any(_is_unknown(v) for v in value.values())

@@ -1,0 +1,341 @@
+"""The provider as the engine drives it: ``python -m pulumi.dynamic`` over gRPC, against the
+reference backend over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from pulumi.output import Unknown
+from pulumi.runtime import rpc
+
+from pulumi_leap0 import spec
+from pulumi_leap0.client import Leap0Client
+from pulumi_leap0.engine_protocol import ProviderProcess
+from tests.fixtures.backend import BackendServer
+
+TEMPLATE = "system/debian:bookworm"
+BASE: dict[str, Any] = {"template_name": TEMPLATE}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[ProviderProcess]:
+    """A provider process for the calls that need no API (check and diff)."""
+    with ProviderProcess(env={"LEAP0_API_KEY": "unused"}) as process:
+        process.configure({})
+        yield process
+
+
+@pytest.fixture
+def live(backend: BackendServer, api_key: str) -> Iterator[ProviderProcess]:
+    """A provider process configured, as the engine does, from stack config."""
+    with ProviderProcess() as process:
+        process.configure({"leap0:apiKey": api_key, "leap0:baseUrl": backend.base_url})
+        yield process
+
+
+# --- check -----------------------------------------------------------------------------------
+
+CHECK_FAILURES = [
+    ({"vcpu": 9}, "vcpu"),
+    ({"vcpu": 0}, "vcpu"),
+    ({"memory": 511}, "memory"),
+    ({"memory": 8194}, "memory"),
+    ({"timeout": 28801}, "timeout"),
+    ({"template_name": ""}, "template_name"),
+    ({"env_vars": {"1BAD": "x"}}, "env_vars.1BAD"),
+    ({"mounts": [{"bucket": "bkt", "mount_path": f"/m{i}", "endpoint": "http://s3.local"}
+                 for i in range(9)]}, "mounts"),
+    ({"mounts": [{"bucket": "bkt", "mount_path": "data", "endpoint": "http://s3.local"}]},
+     "mounts[0].mount_path"),
+    ({"mounts": [{"bucket": "bkt", "mount_path": "/d", "endpoint": "http://s3.local",
+                  "prefix": "docs"}]}, "mounts[0].prefix"),
+    ({"mounts": [{"bucket": "bkt", "mount_path": "/d", "endpoint": "http://s3.local",
+                  "read_only": False}]}, "mounts[0].read_only"),
+    ({"network_policy": {"mode": "custom", "allow_domains": ["ok.com", "not a domain"]}},
+     "network_policy.allow_domains[1]"),
+    ({"network_policy": {"mode": "custom", "allow_cidrs": ["10.0.0.0/99"]}},
+     "network_policy.allow_cidrs[0]"),
+    ({"network_policy": {"mode": "custom",
+                         "allow_domains": [f"d{i}.example.com" for i in range(51)]}},
+     "network_policy.allow_domains"),
+    ({"network_policy": {"mode": "sometimes"}}, "network_policy.mode"),
+    ({"create_timeout": -1}, "create_timeout"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), CHECK_FAILURES, ids=[f for _, f in CHECK_FAILURES])
+def test_check_reports_each_rule_on_its_property(
+    engine: ProviderProcess, change: dict[str, Any], field: str
+) -> None:
+    _, failures = engine.check({**BASE, **change})
+    assert [prop for prop, _ in failures] == [field]
+    assert all(reason for _, reason in failures)
+
+
+def test_check_reports_every_failure_at_once(engine: ProviderProcess) -> None:
+    _, failures = engine.check({"vcpu": 9.0, "memory": 3.0})
+    assert {prop for prop, _ in failures} == {"template_name", "vcpu", "memory"}
+
+
+def test_check_normalizes_floats_defaults_and_case(engine: ProviderProcess) -> None:
+    inputs, failures = engine.check(
+        {**BASE, "vcpu": 2.0, "network_policy": {"mode": "custom", "allow_domains": ["PyPI.org"]}}
+    )
+    assert failures == []
+    assert inputs["vcpu"] == 2 and inputs["memory"] == spec.MEMORY_DEFAULT_MIB
+    assert inputs["network_policy"]["allow_domains"] == ["pypi.org"]
+
+
+def test_check_tolerates_unknowns_in_preview(engine: ProviderProcess) -> None:
+    inputs, failures = engine.check(
+        {**BASE, "vcpu": rpc.UNKNOWN, "env_vars": {"TOKEN": rpc.UNKNOWN}, "memory": 511}
+    )
+    assert [prop for prop, _ in failures] == ["memory"]
+    inputs, failures = engine.check({**BASE, "vcpu": rpc.UNKNOWN})
+    assert failures == []
+    assert isinstance(inputs["vcpu"], Unknown)
+
+
+# --- diff ------------------------------------------------------------------------------------
+
+MOUNT = {"bucket": "models", "mount_path": "/models", "endpoint": "http://s3.local"}
+FULL: dict[str, Any] = {
+    "template_name": TEMPLATE, "env_vars": {"STAGE": "ci"}, "vcpu": 2, "memory": 2048,
+    "timeout": 600, "auto_pause": True, "mounts": [MOUNT],
+    "network_policy": {"mode": "custom", "allow_domains": ["pypi.org", "a.com"],
+                       "allow_cidrs": ["10.0.0.0/8", "192.168.0.0/16"],
+                       "transforms": [{"domain": "x.com"}, {"domain": "api.y.com"}]},
+}
+
+
+def outputs_of(engine: ProviderProcess, props: dict[str, Any]) -> dict[str, Any]:
+    """What state would hold after create: the checked inputs plus computed outputs."""
+    inputs, failures = engine.check(props)
+    assert failures == []
+    mounts = [{**m, "id": f"mnt-{i}"} for i, m in enumerate(inputs["mounts"])]
+    return {**inputs, "mounts": mounts, "state": "running", "template_id": TEMPLATE,
+            "disk": 1024, "created_at": "2026-11-28T00:00:00Z"}
+
+
+REPLACING_CHANGES = [
+    ("template_name", "other/template"),
+    ("env_vars", {"STAGE": "prod"}),
+    ("vcpu", 3),
+    ("memory", 4096),
+    ("timeout", 601),
+    ("auto_pause", False),
+    ("network_policy", {"mode": "deny-all"}),
+    ("network_policy", None),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), REPLACING_CHANGES,
+                         ids=[f"{n}={v}" for n, v in REPLACING_CHANGES])
+def test_a_change_to_an_immutable_input_replaces_exactly_it(
+    engine: ProviderProcess, name: str, value: Any
+) -> None:
+    olds = outputs_of(engine, FULL)
+    news = {**FULL, name: value}
+    diff = engine.diff("sbx-1", olds, news)
+    assert diff.changes
+    assert diff.replaces == [name]
+    assert diff.delete_before_replace
+
+
+@pytest.mark.parametrize("mounts", [
+    [],
+    [MOUNT, {"bucket": "data", "mount_path": "/data", "endpoint": "http://s3.local"}],
+    [{**MOUNT, "prefix": "v2/"}],
+    [{**MOUNT, "access_key_id": "AK", "secret_access_key": "SK"}],
+], ids=["removed", "added", "changed", "credentials"])
+def test_a_change_to_mounts_alone_is_an_update_in_place(
+    engine: ProviderProcess, mounts: list[dict[str, Any]]
+) -> None:
+    diff = engine.diff("sbx-1", outputs_of(engine, FULL), {**FULL, "mounts": mounts})
+    assert diff.changes
+    assert diff.replaces == []
+
+
+EQUIVALENT = [
+    ("defaults spelled out", BASE, {**BASE, "vcpu": 1, "memory": 1024, "timeout": 300,
+                                    "auto_pause": False, "env_vars": {}, "mounts": []}),
+    ("no policy is allow-all", BASE, {**BASE, "network_policy": {"mode": "allow-all"}}),
+    ("floats from the engine", FULL, {**FULL, "vcpu": 2.0, "memory": 2048.0}),
+    ("domain case and order", FULL, {**FULL, "network_policy": {
+        **FULL["network_policy"], "allow_domains": ["A.com", "PYPI.org"]}}),
+    ("cidr order", FULL, {**FULL, "network_policy": {
+        **FULL["network_policy"], "allow_cidrs": ["192.168.0.0/16", "10.0.0.0/8"]}}),
+    ("transform order", FULL, {**FULL, "network_policy": {
+        **FULL["network_policy"], "transforms": [{"domain": "api.y.com"}, {"domain": "x.com"}]}}),
+    ("mount order", {**FULL, "mounts": [MOUNT, {**MOUNT, "mount_path": "/a"}]},
+     {**FULL, "mounts": [{**MOUNT, "mount_path": "/a"}, MOUNT]}),
+    ("mount defaults", FULL, {**FULL, "mounts": [{**MOUNT, "prefix": "", "read_only": True,
+                                                  "type": "object-storage"}]}),
+]
+
+
+@pytest.mark.parametrize(("olds", "news"), [(o, n) for _, o, n in EQUIVALENT],
+                         ids=[name for name, _, _ in EQUIVALENT])
+def test_equivalent_inputs_are_no_change(
+    engine: ProviderProcess, olds: dict[str, Any], news: dict[str, Any]
+) -> None:
+    diff = engine.diff("sbx-1", outputs_of(engine, olds), news)
+    assert not diff.changes
+    assert diff.replaces == []
+
+
+def test_unknowns_in_preview_are_reported_as_possible_changes(engine: ProviderProcess) -> None:
+    olds = outputs_of(engine, FULL)
+    diff = engine.diff("sbx-1", olds, {**FULL, "vcpu": rpc.UNKNOWN, "mounts": rpc.UNKNOWN})
+    assert diff.changes
+    assert diff.replaces == ["vcpu"]
+
+
+def test_a_new_provider_alone_is_an_update(engine: ProviderProcess) -> None:
+    olds = {**outputs_of(engine, FULL), "__provider": "an-older-pickle"}
+    diff = engine.diff("sbx-1", olds, FULL)
+    assert diff.changes
+    assert diff.replaces == []
+
+
+# --- create, read, update, delete against the reference backend ------------------------------
+
+
+def sandboxes(backend: BackendServer, api_key: str) -> list[str]:
+    with Leap0Client(api_key, backend.base_url) as client:
+        return [s.id for s in client.list_sandboxes(page_size=100).items]
+
+
+def test_create_with_every_input_then_refresh_and_delete(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    props = {k: v for k, v in FULL.items() if k != "mounts"}
+    props["network_policy"] = {"mode": "custom", "allow_domains": ["pypi.org"],
+                               "transforms": [{"domain": "api.x.com",
+                                               "inject_headers": {"X-Key": "k"}}]}
+    inputs, failures = live.check(props)
+    assert failures == []
+    id_, outputs = live.create(inputs)
+    assert id_.startswith(spec.SANDBOX_ID_PREFIX)
+    assert outputs["state"] == "running"
+    assert (outputs["vcpu"], outputs["memory"], outputs["timeout"]) == (2, 2048, 600)
+    assert outputs["auto_pause"] is True
+    assert outputs["env_vars"] == {"STAGE": "ci"}
+    assert outputs["disk"] > 0 and outputs["created_at"]
+    assert outputs["network_policy"]["transforms"][0]["inject_headers"] == {"x-key": "k"}
+    with Leap0Client(api_key, backend.base_url) as client:
+        result = client.execute(id_, spec.ExecuteRequest(command="echo $STAGE"))
+        assert result.stdout == "ci\n"
+
+    read_id, refreshed, read_inputs = live.read(id_, outputs)
+    assert read_id == id_
+    assert not live.diff(id_, refreshed, inputs).changes
+    assert read_inputs["env_vars"] == {"STAGE": "ci"}
+
+    live.delete(id_, outputs)
+    assert sandboxes(backend, api_key) == []
+    live.delete(id_, outputs)  # deleting twice is success
+
+
+def test_refresh_after_an_out_of_band_delete_reports_gone(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    id_, outputs = live.create(live.check(BASE)[0])
+    with Leap0Client(api_key, backend.base_url) as client:
+        client.delete_sandbox(id_)
+    read_id, _, _ = live.read(id_, outputs)
+    assert read_id == ""
+
+
+def test_a_paused_sandbox_is_not_drift(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    inputs = live.check({**BASE, "env_vars": {"A": "1"}})[0]
+    id_, outputs = live.create(inputs)
+    with Leap0Client(api_key, backend.base_url) as client:
+        client.pause_sandbox(id_)
+    read_id, refreshed, _ = live.read(id_, outputs)
+    assert read_id == id_
+    assert refreshed["state"] == "paused"
+    assert not live.diff(id_, refreshed, inputs).changes
+    live.delete(id_, refreshed)
+
+
+def test_replacement_works_at_the_organization_limit(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    inputs = live.check(BASE)[0]
+    created = [live.create(inputs) for _ in range(spec.MAX_SANDBOXES_PER_ORG)]
+    id_, outputs = created[0]
+    news = live.check({**BASE, "vcpu": 2})[0]
+    diff = live.diff(id_, outputs, news)
+    assert diff.replaces == ["vcpu"] and diff.delete_before_replace
+
+    # Create-before-delete would be refused, and says why and what to do.
+    with pytest.raises(grpc.RpcError) as refused:
+        live.create(news)
+    assert "at most 3 sandboxes" in str(refused.value.details())
+    assert len(sandboxes(backend, api_key)) == spec.MAX_SANDBOXES_PER_ORG
+
+    # The engine honours delete_before_replace: delete, then create.
+    live.delete(id_, outputs)
+    new_id, new_outputs = live.create(news)
+    assert new_outputs["vcpu"] == 2
+    assert sorted(sandboxes(backend, api_key)) == sorted(
+        [new_id, created[1][0], created[2][0]]
+    )
+
+
+def test_a_provider_only_change_keeps_every_output(live: ProviderProcess) -> None:
+    inputs = live.check({**BASE, "env_vars": {"A": "1"}})[0]
+    id_, outputs = live.create(inputs)
+    updated = live.update(id_, {**outputs, "__provider": "an-older-pickle"}, inputs)
+    for key in ("state", "template_id", "disk", "created_at", "env_vars", "vcpu", "mounts"):
+        assert updated[key] == outputs[key], key
+    live.delete(id_, updated)
+
+
+def test_a_create_that_fails_after_the_post_leaves_nothing(
+    backend: BackendServer, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox never reports running (injected), so the wait gives up and cleans up."""
+    import httpx
+
+    from pulumi_leap0 import provider as provider_module
+
+    real = httpx.HTTPTransport()
+
+    def stuck_starting(request: httpx.Request) -> httpx.Response:
+        response = real.handle_request(request)
+        if request.method == "GET" and request.url.path.startswith("/v1/sandbox/"):
+            body = response.read()
+            if response.status_code == 200:
+                import json
+
+                data = json.loads(body)
+                data["state"] = "starting"
+                return httpx.Response(200, json=data)
+        return response
+
+    class StuckClient(Leap0Client):
+        def __init__(self, api_key: str, base_url: str | None = None) -> None:
+            super().__init__(api_key, base_url, transport=httpx.MockTransport(stuck_starting))
+
+    monkeypatch.setattr(provider_module, "Leap0Client", StuckClient)
+    box = provider_module.SandboxProvider()
+    monkeypatch.setenv("LEAP0_API_KEY", api_key)
+    monkeypatch.setenv("LEAP0_BASE_URL", backend.base_url)
+    with pytest.raises(provider_module.SandboxError, match="create_timeout"):
+        box.create({**BASE, "create_timeout": 0.3})
+    assert sandboxes(backend, api_key) == []
+
+
+def test_a_missing_key_names_both_ways_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulumi_leap0.provider import SandboxError, SandboxProvider
+
+    monkeypatch.delenv("LEAP0_API_KEY", raising=False)
+    with pytest.raises(SandboxError, match=r"leap0:apiKey.*LEAP0_API_KEY"):
+        SandboxProvider().read("sbx-1", {})
