@@ -82,10 +82,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _mark_secrets(props: dict[str, Any]) -> dict[str, Any]:
+def _prepare(props: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what the API requires but users need not write, and mark credentials secret."""
     props["env_vars"] = _secret(props.get("env_vars"))
     for mount in props.get("mounts") or []:
         if isinstance(mount, dict):
+            mount.setdefault("type", "object-storage")
             for key in ("access_key_id", "secret_access_key"):
                 if key in mount:
                     mount[key] = _secret(mount[key])
@@ -140,7 +142,7 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
             }
         if given.get("template_name") is None and (opts is None or opts.id is None):
             raise TypeError("Sandbox needs template_name")
-        props = _mark_secrets(_plain({k: v for k, v in given.items() if v is not None}))
+        props = _prepare(_plain({k: v for k, v in given.items() if v is not None}))
         # Outputs only exist as attributes when the props name them.
         props = {**dict.fromkeys((*_OUTPUTS, *given)), **props}
         super().__init__(SandboxProvider(), resource_name, props, opts)
