@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pulumi
@@ -30,10 +31,16 @@ class Recorder(pulumi.runtime.Mocks):
 
 
 @pytest.fixture
-def engine() -> Recorder:
+def engine() -> Iterator[Recorder]:
+    # Pulumi's runtime runs on the thread's current event loop; other tests' asyncio.run()
+    # leaves none behind.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     recorder = Recorder()
     pulumi.runtime.set_mocks(recorder, preview=False)
-    return recorder
+    yield recorder
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def is_secret(registered: pulumi.runtime.MockResourceArgs, name: str) -> bool:
