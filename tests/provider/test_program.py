@@ -26,8 +26,10 @@ class Recorder(pulumi.runtime.Mocks):
         outputs = {**args.inputs, "state": "running", "template_id": "system/debian:bookworm"}
         return (args.resource_id or f"sbx-{args.name}", outputs)
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
 
 
 @pytest.fixture
