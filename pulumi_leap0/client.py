@@ -11,8 +11,10 @@ Retry rules, and why:
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
@@ -84,6 +86,12 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Loading the CA store costs ~25 ms; the provider builds a client per engine call.
+    return httpx.create_ssl_context()
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -139,7 +147,11 @@ class Leap0Client:
         self.base_url = url
         self.retry = retry or RetryPolicy()
         self._http = httpx.Client(
-            base_url=url, headers=headers, timeout=timeout, transport=transport
+            base_url=url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            verify=_tls_context(),
         )
 
     def __enter__(self) -> Leap0Client:

@@ -206,6 +206,7 @@ class SandboxProvider(ResourceProvider):
                 raise _create_error(exc) from None
             try:
                 sandbox = _wait_until(
+                    sandbox,
                     lambda: client.get_sandbox(sandbox.id),
                     lambda s: s.state == spec.SandboxState.RUNNING,
                     wait_s,
@@ -272,6 +273,7 @@ def _create_error(exc: Leap0Error) -> Exception:
 
 
 def _wait_until(
+    current: spec.Sandbox,
     fetch: Callable[[], spec.Sandbox],
     done: Callable[[spec.Sandbox], bool],
     timeout_s: float,
@@ -283,7 +285,6 @@ def _wait_until(
     deadline = time.monotonic() + timeout_s
     interval = FIRST_POLL_S
     while True:
-        current = fetch()
         if done(current):
             return current
         if fail_when(current):
@@ -295,6 +296,7 @@ def _wait_until(
             )
         time.sleep(interval)
         interval = min(interval * 2, MAX_POLL_S)
+        current = fetch()
 
 
 def _delete_and_wait(client: Leap0Client, sandbox_id: str, timeout_s: float) -> None:

@@ -8,13 +8,16 @@ from pathlib import Path
 
 from tests.support import REPO_ROOT
 
+# No pulumi CLI on it, so the demo takes its engine-protocol path, as it does in CI.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
     tmp_path.chmod(0o711)
     done = subprocess.run(
         [sys.executable, "-m", "pulumi_leap0.demo"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+        env={"PATH": SYSTEM_PATH, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout

@@ -302,6 +302,8 @@ def test_a_create_that_fails_after_the_post_leaves_nothing(
     backend: BackendServer, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sandbox never reports running (injected), so the wait gives up and cleans up."""
+    import json
+
     import httpx
 
     from pulumi_leap0 import provider as provider_module
@@ -310,15 +312,13 @@ def test_a_create_that_fails_after_the_post_leaves_nothing(
 
     def stuck_starting(request: httpx.Request) -> httpx.Response:
         response = real.handle_request(request)
-        if request.method == "GET" and request.url.path.startswith("/v1/sandbox/"):
-            body = response.read()
-            if response.status_code == 200:
-                import json
-
-                data = json.loads(body)
+        body = response.read()
+        if request.method in ("GET", "POST") and response.status_code in (200, 201):
+            data = json.loads(body)
+            if "state" in data:
                 data["state"] = "starting"
-                return httpx.Response(200, json=data)
-        return response
+            return httpx.Response(response.status_code, json=data)
+        return httpx.Response(response.status_code, content=body, headers=response.headers)
 
     class StuckClient(Leap0Client):
         def __init__(self, api_key: str, base_url: str | None = None) -> None:
