@@ -339,3 +339,18 @@ def test_a_missing_key_names_both_ways_to_set_it(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("LEAP0_API_KEY", raising=False)
     with pytest.raises(SandboxError, match=r"leap0:apiKey.*LEAP0_API_KEY"):
         SandboxProvider().read("sbx-1", {})
+
+
+def test_get_reads_a_sandbox_made_elsewhere(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    """``Sandbox.get``: the engine's Read with no old outputs, only the id."""
+    with Leap0Client(api_key, backend.base_url) as client:
+        made = client.create_sandbox(spec.validate_create(
+            {**BASE, "vcpu": 2, "network_policy": {"mode": "deny-all"}}))
+    read_id, outputs, _ = live.read(made.id, {})
+    assert read_id == made.id
+    assert outputs["vcpu"] == 2
+    assert outputs["template_name"] == TEMPLATE
+    assert outputs["network_policy"]["mode"] == "deny-all"
+    live.delete(made.id, outputs)
