@@ -704,7 +704,8 @@ class Runner:
     def _teardown(self, sandbox_id: str, *, keep_layer: bool) -> None:
         box = self._load(sandbox_id)
         state = self._dir(sandbox_id)
-        if box is not None and box.init_pid and self._running(box):
+        if box is not None:
+            # Also when the sandbox died: its rclone processes live on the host.
             with contextlib.suppress(Exception):
                 mounts.detach_all(self._handle(box))
         # Killing the pid namespace's init takes every process of the namespace with it

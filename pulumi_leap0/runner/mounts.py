@@ -106,6 +106,7 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
     if not AVAILABLE or RCLONE is None:
         raise RunnerError("object-storage mounts need rclone, fuse3 and /dev/fuse on the host")
     detach(handle, config.id)  # a changed mount is made anew under the same id
+    _check_reachable(config)
     host_dir = handle.staging_host / config.id
     host_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     record = _record_path(handle, config.id)
@@ -139,6 +140,30 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
     except BaseException:
         detach(handle, config.id)
         raise
+
+
+def _check_reachable(config: MountConfig) -> None:
+    """Fail now, with a reason, rather than mount a bucket that will only ever be empty.
+
+    ``rclone mount`` itself succeeds without reaching the endpoint (it is lazy), so a
+    wrong endpoint, bucket or key would otherwise surface as an empty directory.
+    """
+    assert RCLONE is not None
+    remote = f"{_REMOTE}:{config.bucket}/{config.prefix}"
+    try:
+        done = subprocess.run(
+            [RCLONE, "lsf", "--config", "/dev/null", "--max-depth", "1", "--contimeout", "5s",
+             "--timeout", "10s", "--retries", "1", "--low-level-retries", "1", remote],
+            env=_rclone_env(config), capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RunnerError(f"the bucket at {config.endpoint} did not answer in time") from None
+    if done.returncode != 0:
+        raise RunnerError(
+            f"the bucket {config.bucket!r} at {config.endpoint} could not be listed: check "
+            "the endpoint, bucket, prefix and credentials"
+        )
 
 
 def _wait_mounted(process: subprocess.Popen[bytes], host_dir: Path) -> None:
