@@ -117,7 +117,7 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
         [RCLONE, "mount", "--config", "/dev/null", remote, str(host_dir),
          "--read-only", "--allow-other", "--vfs-cache-mode", "off",
          "--dir-cache-time", "5s", "--poll-interval", "0",
-         "--buffer-size", "16M", "--vfs-read-chunk-size", "8M"],
+         "--buffer-size", "64M", "--vfs-read-chunk-size", "64M"],
         env=_rclone_env(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         start_new_session=True,  # outlives the backend, like the sandbox it serves
     )
