@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
@@ -15,6 +16,8 @@ from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client
 from pulumi_leap0.engine_protocol import ProviderProcess
 from tests.fixtures.backend import BackendServer
+from tests.fixtures.s3 import S3
+from tests.support import require
 
 TEMPLATE = "system/debian:bookworm"
 BASE: dict[str, Any] = {"template_name": TEMPLATE}
@@ -354,3 +357,39 @@ def test_get_reads_a_sandbox_made_elsewhere(
     assert outputs["template_name"] == TEMPLATE
     assert outputs["network_policy"]["mode"] == "deny-all"
     live.delete(made.id, outputs)
+
+
+def test_mounts_are_updated_in_place_keeping_their_ids(
+    live: ProviderProcess, backend: BackendServer, api_key: str, s3: S3
+) -> None:
+    require(bool(httpx.get(f"{backend.base_url}/healthz").json()["capabilities"]
+                 .get("object_storage_mounts")), "the backend cannot attach mounts here")
+
+    def bucket(path: str, prefix: str = "release/") -> dict[str, Any]:
+        return {"bucket": s3.bucket, "mount_path": path, "endpoint": s3.endpoint,
+                "prefix": prefix, "access_key_id": s3.access_key_id,
+                "secret_access_key": s3.secret_access_key}
+
+    inputs = live.check({**BASE, "mounts": [bucket("/models")]})[0]
+    id_, outputs = live.create(inputs)
+    first_id = outputs["mounts"][0]["id"]
+    assert first_id.startswith(spec.MOUNT_ID_PREFIX)
+
+    news = live.check({**BASE, "mounts": [bucket("/models", "staging/"), bucket("/more")]})[0]
+    diff = live.diff(id_, outputs, news)
+    assert diff.changes and diff.replaces == []
+    updated = live.update(id_, outputs, news)
+    by_path = {m["mount_path"]: m for m in updated["mounts"]}
+    assert by_path["/models"]["id"] == first_id  # changed in place
+    assert by_path["/models"]["prefix"] == "staging/"
+    assert by_path["/more"]["id"].startswith(spec.MOUNT_ID_PREFIX)
+    with Leap0Client(api_key, backend.base_url) as client:
+        listing = client.execute(id_, spec.ExecuteRequest(command="ls /models /more"))
+        assert "secret-plan.txt" in listing.stdout and "readme.txt" in listing.stdout
+        assert {m.id for m in client.get_sandbox(id_).mounts} == {
+            m["id"] for m in updated["mounts"]}
+
+    removed = live.update(id_, updated, live.check(BASE)[0])
+    assert removed["mounts"] == []
+    assert not live.diff(id_, removed, BASE).changes
+    live.delete(id_, removed)
