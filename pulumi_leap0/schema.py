@@ -1,0 +1,197 @@
+"""``schema.json``, the Pulumi package schema of ``leap0.Sandbox``, generated from ``spec.py``.
+
+``python -m pulumi_leap0.schema`` writes it; ``--check`` exits 1 when the committed file
+differs from what ``spec.py`` says today. Never edit ``schema.json`` by hand: a limit,
+a description, a secret or a replace-on-change rule changes in ``spec.py`` and flows here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel
+
+from pulumi_leap0 import spec
+from pulumi_leap0.client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
+from pulumi_leap0.provider import CREATE_TIMEOUT_DEFAULT_S
+
+PACKAGE = "leap0"
+SANDBOX = f"{PACKAGE}:index:Sandbox"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.json"
+
+#: Object and enum types, by the spec model or JSON-schema title they come from.
+TYPE_TOKENS = {
+    "MountRequest": f"{PACKAGE}:index:Mount",
+    "NetworkPolicy": f"{PACKAGE}:index:NetworkPolicy",
+    "TransformRule": f"{PACKAGE}:index:Transform",
+}
+NETWORK_MODE = f"{PACKAGE}:index:NetworkPolicyMode"
+SANDBOX_STATE = f"{PACKAGE}:index:SandboxState"
+
+# Limits JSON Schema states as keywords; Pulumi's typeSpec has no such keywords, so they
+# are said in the description, where users of every language read them.
+_LIMIT_WORDS = {
+    "minimum": "at least {}",
+    "maximum": "at most {}",
+    "multipleOf": "a multiple of {}",
+    "maxItems": "at most {} items",
+    "minLength": "at least {} characters",
+    "maxLength": "at most {} characters",
+}
+
+
+def _describe(schema: dict[str, Any]) -> str:
+    text = str(schema.get("description", "")).strip()
+    limits = [words.format(schema[key]) for key, words in _LIMIT_WORDS.items() if key in schema]
+    if limits:
+        text += f" Must be {', '.join(limits)}."
+    if "default" in schema and schema["default"] not in (None, [], {}, ""):
+        text += f" Defaults to {json.dumps(schema['default'])}."
+    return text.strip()
+
+
+def _type(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-schema type (from pydantic) as a Pulumi typeSpec."""
+    if "anyOf" in schema:
+        (schema,) = [s for s in schema["anyOf"] if s.get("type") != "null"]
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return {"$ref": f"#/types/{TYPE_TOKENS[name]}"}
+    if schema.get("enum") == list(get_args(spec.NetworkMode)):
+        return {"$ref": f"#/types/{NETWORK_MODE}"}
+    kind = schema.get("type", "string")
+    if kind == "array":
+        return {"type": "array", "items": _type(schema["items"])}
+    if kind == "object":
+        return {"type": "object", "additionalProperties": _type(schema["additionalProperties"])}
+    return {"type": kind}
+
+
+def _property(schema: dict[str, Any], *, replace_on_changes: bool = False) -> dict[str, Any]:
+    prop = {**_type(schema), "description": _describe(schema)}
+    default = schema.get("default")
+    if isinstance(default, bool | int | float | str) and default != "":
+        prop["default"] = default
+    if schema.get("secret"):
+        prop["secret"] = True
+    if replace_on_changes:
+        prop["replaceOnChanges"] = True
+    return prop
+
+
+def _object_type(model: type[BaseModel], *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    properties = {name: _property(s) for name, s in schema["properties"].items()}
+    properties.update(extra or {})
+    return {
+        "type": "object",
+        "description": schema.get("description", ""),
+        "properties": properties,
+        "required": sorted(schema.get("required", [])),
+    }
+
+
+def _enum(description: str, values: list[str]) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "description": description,
+        "enum": [{"value": value, "name": value.replace("-", "_").upper()} for value in values],
+    }
+
+
+def build() -> dict[str, Any]:
+    request = spec.SandboxCreateRequest.model_json_schema()
+    inputs = {
+        name: _property(s, replace_on_changes=name in spec.REPLACE_ON_CHANGE)
+        for name, s in request["properties"].items()
+    }
+    inputs["create_timeout"] = {
+        "type": "number",
+        "description": "Seconds create waits for the sandbox to run before it deletes it "
+        "and fails. Not sent to Leap0; changing it changes nothing in the sandbox.",
+        "default": CREATE_TIMEOUT_DEFAULT_S,
+    }
+    computed = {
+        name: _property(s)
+        for name, s in spec.Sandbox.model_json_schema()["properties"].items()
+        if name in ("template_id", "disk", "created_at")
+    }
+    computed["state"] = {"$ref": f"#/types/{SANDBOX_STATE}",
+                         "description": "Current state of the sandbox."}
+    outputs = {**inputs, **computed}
+    mount_id = {"id": {"type": "string", "description": "Assigned by Leap0 (`mnt-...`); "
+                       "output only, kept when a mount changes in place."}}
+    return {
+        "name": PACKAGE,
+        "displayName": "Leap0",
+        "description": "Leap0 sandboxes as infrastructure: isolated sandboxes with CPU and "
+        "memory limits, read-only object-storage mounts and an egress network policy.",
+        "keywords": ["pulumi", "leap0", "sandbox", "category/infrastructure"],
+        "config": {
+            "variables": {
+                "apiKey": {
+                    "type": "string",
+                    "secret": True,
+                    "description": "Leap0 API key.",
+                    "defaultInfo": {"environment": [API_KEY_ENV]},
+                },
+                "baseUrl": {
+                    "type": "string",
+                    "description": f"Leap0 API address; defaults to {DEFAULT_BASE_URL}.",
+                    "defaultInfo": {"environment": [BASE_URL_ENV]},
+                },
+            },
+        },
+        "types": {
+            TYPE_TOKENS["MountRequest"]: _object_type(spec.MountRequest, extra=mount_id),
+            TYPE_TOKENS["NetworkPolicy"]: _object_type(spec.NetworkPolicy),
+            TYPE_TOKENS["TransformRule"]: _object_type(spec.TransformRule),
+            NETWORK_MODE: _enum("Egress policy mode.", list(get_args(spec.NetworkMode))),
+            SANDBOX_STATE: _enum("Lifecycle state of a sandbox.",
+                                 [state.value for state in spec.SandboxState]),
+        },
+        "resources": {
+            SANDBOX: {
+                "description": "A Leap0 sandbox. A change to "
+                + ", ".join(f"`{name}`" for name in spec.REPLACE_ON_CHANGE)
+                + " replaces it (the old one is deleted first: an organization holds at most "
+                f"{spec.MAX_SANDBOXES_PER_ORG} sandboxes); mounts change in place.",
+                "inputProperties": inputs,
+                "requiredInputs": sorted(request.get("required", [])),
+                "properties": outputs,
+                "required": sorted({*request.get("required", []), *computed,
+                                    "vcpu", "memory", "timeout", "auto_pause"}),
+            }
+        },
+        "language": {"python": {"packageName": "pulumi_leap0"}},
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if schema.json differs from the generated schema")
+    parser.add_argument("--output", type=Path, default=SCHEMA_PATH)
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.output.read_text() if args.output.exists() else ""
+        if current != text:
+            print(f"{args.output} is out of date: run `make schema`", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
