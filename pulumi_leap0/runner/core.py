@@ -34,6 +34,7 @@ no way to create further user namespaces.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -705,9 +706,14 @@ class Runner:
         box = self._load(sandbox_id)
         state = self._dir(sandbox_id)
         if box is not None:
-            # Also when the sandbox died: its rclone processes live on the host.
+            # Also when the sandbox died: its rclone processes live on the host. Its init pid
+            # may name another process by now (even a host one): pass 0, so that no
+            # namespace is entered and nothing is unmounted there.
+            handle = self._handle(box)
+            if not (box.init_pid and self._running(box)):
+                handle = dataclasses.replace(handle, init_pid=0)
             with contextlib.suppress(Exception):
-                mounts.detach_all(self._handle(box))
+                mounts.detach_all(handle)
         # Killing the pid namespace's init takes every process of the namespace with it
         # (the kernel does that); the cgroup kill below catches anything else, such as a
         # process frozen mid-fork or the host-side half of an exec.

@@ -185,7 +185,7 @@ def detach(handle: SandboxHandle, mount_id: str) -> None:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         record = {}
-    if record.get("mount_path"):
+    if record.get("mount_path") and handle.init_pid:  # 0: the sandbox is gone
         # Fails harmlessly when the sandbox is gone or the bind was never made.
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             _nsenter(handle, "umount", "-l", str(record["mount_path"]))
