@@ -112,8 +112,10 @@ def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
         missing.append("ip/nsenter unavailable or not root: sandboxes get a private "
                        "loopback-only network from bubblewrap instead of a named netns.")
     if not caps.network_policy:
-        missing.append("network policies are not enforced yet: every sandbox is "
-                       "loopback-only (allow-all and custom fail closed, as deny-all).")
+        missing.append("network policies are not enforced: every sandbox is loopback-only.")
+    if not network.CUSTOM_ENFORCED:
+        missing.append("custom network policies are not enforced yet: they fail closed "
+                       "(loopback only, as deny-all) until the egress filter lands.")
     if not caps.object_storage_mounts:
         missing.append("object-storage mounts are not available yet: sandboxes with mounts "
                        "fail to start.")

@@ -2,16 +2,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pulumi_leap0.runner import DEFAULT_TEMPLATE, Runner, TemplateRegistry
+from pulumi_leap0.runner import DEFAULT_TEMPLATE, Runner, TemplateRegistry, network
 
 
 def test_report_is_complete_and_honest(runner: Runner) -> None:
     caps = runner.capabilities()
     assert caps.bubblewrap and caps.namespaces
     assert caps.cgroup_version in (1, 2)
-    # Until the policy and mount work lands, the report must say so.
-    assert any("network policies" in m for m in caps.missing)
-    assert any("object-storage" in m for m in caps.missing)
+    # The report says what is missing, and only that.
+    assert caps.object_storage_mounts == (not any("object-storage" in m for m in caps.missing))
+    assert (
+        not any("custom network policies" in m for m in caps.missing)) == network.CUSTOM_ENFORCED
     assert all(m.endswith(".") for m in caps.missing)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pulumi_leap0 import spec
 from pulumi_leap0.runner import Runner
 
 from .conftest import Sandboxes
@@ -98,8 +99,8 @@ def test_escape_attempts_fail(runner: Runner, sandboxes: Sandboxes, attempt: str
     assert sh(runner, a, "echo still-here")[1].strip() == "still-here"
 
 
-def test_network_is_loopback_only(limited_runner: Runner, sandboxes: Sandboxes) -> None:
-    a = sandboxes.start()
+def test_deny_all_is_loopback_only(limited_runner: Runner, sandboxes: Sandboxes) -> None:
+    a = sandboxes.start(network_policy=spec.NetworkPolicy(mode="deny-all"))
     _, out, _ = sh(limited_runner, a, "ls /sys/class/net 2>/dev/null || cat /proc/net/dev")
     assert "lo" in out
     assert "eth" not in out and "ens" not in out
