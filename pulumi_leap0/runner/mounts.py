@@ -10,11 +10,19 @@ How a mount is made, and why:
    processes, so it cannot read that environment either.
 2. rclone mounts at ``staging_host/<mount id>``, a shared mount that the core binds into the
    sandbox at ``/run/leap0/mounts``, so the FUSE file system appears there inside.
-3. From the sandbox's own mount namespace (``nsenter``), that directory is bind-mounted at
-   ``mount_path``. The sandbox's root is read-only; where ``mount_path`` does not exist it
-   is created as the sandbox's user, with the root made writable for the moment the
-   ``mkdir`` takes (a few milliseconds, during which the sandbox could write to its own
-   root file system and nothing more).
+3. A small helper (the host's Python, so no sandbox binaries are needed) enters the
+   sandbox's mount namespace and root, creates ``mount_path`` if needed and bind-mounts
+   ``/run/leap0/mounts/<id>`` there, read-only, nosuid, nodev. The sandbox root is a
+   read-only tmpfs *owned by the sandbox user*, so a missing directory in it must not be
+   made by remounting ``/`` read-write, even briefly: a process looping inside writes to
+   ``/`` in that window, and a file it holds open makes the remount back to read-only fail
+   (EBUSY), leaving the root writable for good (tests/mounts/test_root_stays_read_only.py).
+   Instead the helper binds the root tmpfs non-recursively onto ``/run/leap0/mounts/.rw``
+   (a 0700 host-root directory the sandbox user cannot traverse), makes only that private
+   copy writable, creates the directories through it and unmounts it. Directories are made
+   as the sandbox user (host root is unmapped in the sandbox's user namespace: EOVERFLOW).
+   A path under a template directory that lacks it (``/usr/nope``) is refused: creating it
+   would write into the template.
 
 A record per mount (``state_dir/mounts/<id>.json``: rclone's pid and start time, the
 mount path) lets ``detach`` and ``detach_all`` undo it all after a backend restart.
@@ -28,6 +36,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +47,8 @@ from pulumi_leap0.runner.types import MountConfig
 
 RCLONE = shutil.which("rclone")
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
-AVAILABLE = bool(RCLONE and FUSERMOUNT and Path("/dev/fuse").exists())
+# Root is needed to mount FUSE for another uid and to enter the sandbox's namespaces.
+AVAILABLE = bool(os.geteuid() == 0 and RCLONE and FUSERMOUNT and Path("/dev/fuse").exists())
 
 MOUNT_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
@@ -47,18 +57,8 @@ _REMOTE = "LEAP0"  # the name of rclone's env-defined remote
 # rclone processes this runner started, so they can be reaped (not left as zombies).
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
-# Runs inside the sandbox's mount namespace: $1 mount path, $2 source, $3 uid, $4 gid.
-_BIND_SCRIPT = r"""
-if [ ! -d "$1" ]; then
-    if ! setpriv --reuid="$3" --regid="$4" --clear-groups mkdir -p "$1" 2>/dev/null; then
-        mount -o remount,rw / || exit 1
-        setpriv --reuid="$3" --regid="$4" --clear-groups mkdir -p "$1"; made=$?
-        mount -o remount,ro / || exit 1
-        [ "$made" = 0 ] || exit 1
-    fi
-fi
-exec mount --bind "$2" "$1"
-"""
+_HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_PRIVATE = ".rw"  # under staging: the helper's private, writable view of the root
 
 
 @dataclass(frozen=True)
@@ -93,19 +93,119 @@ def _rclone_env(config: MountConfig) -> dict[str, str]:
     return env
 
 
-def _nsenter(handle: SandboxHandle, *command: str) -> subprocess.CompletedProcess[str]:
-    # --pid as well: mount(8) reads /proc/self, which exists only in the sandbox's procfs for
-    # processes of its PID namespace.
-    return subprocess.run(
-        ["nsenter", f"--target={handle.init_pid}", "--mount", "--pid", "--", *command],
-        capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S, check=False,
-    )
+# Runs as `python -I -S -c _HELPER op init_pid staging mount_id path uid gid private`:
+# a fresh single-threaded process, because setns() into a mount namespace is refused to a
+# process sharing its fs state with other threads (the backend has many).
+_HELPER = r"""
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
+def ok(ret, what):
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, what + ": " + os.strerror(e))
+def mount(src, dst, flags):
+    ok(libc.mount(src.encode(), dst.encode(), None, flags, None), "mount " + dst)
+def umount(path):
+    if libc.umount2(path.encode(), 2) != 0:
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+            ok(-1, "umount " + path)
+op, pid, staging, mid, path, uid, gid, PRIVATE = sys.argv[1:9]
+root = os.open("/proc/%s/root" % pid, os.O_RDONLY | os.O_DIRECTORY)
+ns = os.open("/proc/%s/ns/mnt" % pid, os.O_RDONLY)
+ok(libc.setns(ns, 0x00020000), "setns")
+os.fchdir(root)
+os.chroot(".")
+os.chdir("/")
+def makedirs(p):
+    # As the sandbox user: the root tmpfs belongs to the sandbox's user namespace, where
+    # host root is not mapped (EOVERFLOW); the directories are the user's, as the root is.
+    libc.setfsgid(int(gid))
+    libc.setfsuid(int(uid))
+    try:
+        os.makedirs(p, 0o755, exist_ok=True)
+    finally:
+        libc.setfsuid(0)
+        libc.setfsgid(0)
+if op == "attach":
+    if not os.path.isdir(path):
+        try:
+            makedirs(path)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            private = staging + "/" + PRIVATE
+            mount("/", private, MS_BIND)
+            try:
+                mount("none", private, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+                makedirs(private + path)
+            finally:
+                umount(private)
+        if not os.path.isdir(path):
+            sys.stderr.write("mount_path is under a read-only template directory\n")
+            sys.exit(3)
+    mount(staging + "/" + mid, path, MS_BIND)
+    try:
+        mount("none", path, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    except BaseException:
+        umount(path)
+        raise
+elif op == "detach":
+    # Only what attach bound there: the FUSE mount's device, or a dead FUSE mount (rclone
+    # gone). Never, say, the writable layer's own mount at /tmp.
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            umount(path)
+        elif exc.errno != errno.ENOENT:
+            raise
+    else:
+        try:
+            dev = os.stat(staging + "/" + mid).st_dev
+        except OSError:
+            dev = None
+        if (dev is not None and dev != os.stat(staging).st_dev and st.st_dev == dev
+                and os.path.ismount(path)):
+            umount(path)
+"""
+
+
+def _in_sandbox(handle: SandboxHandle, op: str, mount_id: str, path: str) -> None:
+    argv = [sys.executable, "-I", "-S", "-c", _HELPER, op, str(handle.init_pid),
+            handle.staging_sandbox, mount_id, path, str(handle.uid), str(handle.gid),
+            _PRIVATE]
+    try:
+        done = subprocess.run(argv, env={"PATH": _HOST_PATH, "LC_ALL": "C"},
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                              check=False, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RunnerError(f"could not enter the sandbox to {op} the mount: {exc}") from exc
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        raise RunnerError(f"could not {op} the mount at {path}: "
+                          f"{lines[-1][:300] if lines else done.returncode}")
+
+
+def _check_path(path: str) -> None:
+    # The backend validates too; the runner does not rely on it.
+    parts = path.split("/")
+    if (not path.startswith("/") or path.rstrip("/") == "" or ".." in parts or "\x00" in path
+            or parts[1] in ("proc", "sys", "dev") or path.startswith("/run/leap0")):
+        raise RunnerError("mount_path must be absolute, not '/', without '..', and outside "
+                          "/proc, /sys, /dev and /run/leap0")
 
 
 def attach(handle: SandboxHandle, config: MountConfig) -> None:
     if not AVAILABLE or RCLONE is None:
         raise RunnerError("object-storage mounts need rclone, fuse3 and /dev/fuse on the host")
+    if not handle.init_pid:
+        raise RunnerError("the sandbox is not running")
+    _check_path(config.mount_path)
     detach(handle, config.id)  # a changed mount is made anew under the same id
+    private = handle.staging_host / _PRIVATE
+    private.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(private, 0o700)  # host root's: the sandbox user cannot traverse it
     _check_reachable(config)
     host_dir = handle.staging_host / config.id
     host_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -116,6 +216,8 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
     process = subprocess.Popen(
         [RCLONE, "mount", "--config", "/dev/null", remote, str(host_dir),
          "--read-only", "--allow-other", "--vfs-cache-mode", "off",
+         # Files show as the sandbox user's (not nobody's), readable by all.
+         "--uid", str(handle.uid), "--gid", str(handle.gid), "--umask", "022",
          "--dir-cache-time", "5s", "--poll-interval", "0",
          "--buffer-size", "64M", "--vfs-read-chunk-size", "64M"],
         env=_rclone_env(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -130,13 +232,7 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
     }))
     try:
         _wait_mounted(process, host_dir)
-        inside = f"{handle.staging_sandbox}/{config.id}"
-        done = _nsenter(handle, "sh", "-c", _BIND_SCRIPT, "sh", config.mount_path, inside,
-                        str(handle.uid), str(handle.gid))
-        if done.returncode != 0:
-            raise RunnerError(
-                f"could not mount at {config.mount_path}: {done.stderr.strip()[:300]}"
-            )
+        _in_sandbox(handle, "attach", config.id, config.mount_path)
     except BaseException:
         detach(handle, config.id)
         raise
@@ -187,8 +283,8 @@ def detach(handle: SandboxHandle, mount_id: str) -> None:
         record = {}
     if record.get("mount_path") and handle.init_pid:  # 0: the sandbox is gone
         # Fails harmlessly when the sandbox is gone or the bind was never made.
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            _nsenter(handle, "umount", "-l", str(record["mount_path"]))
+        with contextlib.suppress(RunnerError):
+            _in_sandbox(handle, "detach", mount_id, str(record["mount_path"]))
     host_dir = handle.staging_host / mount_id
     if sysutil.is_mountpoint(host_dir):
         with contextlib.suppress(OSError):
@@ -224,6 +320,8 @@ def detach_all(handle: SandboxHandle) -> None:
     records = handle.state_dir / "mounts"
     ids = {p.stem for p in records.glob("*.json")} if records.is_dir() else set()
     if handle.staging_host.is_dir():
-        ids |= {p.name for p in handle.staging_host.iterdir()}
+        ids |= {p.name for p in handle.staging_host.iterdir() if p.name != _PRIVATE}
     for mount_id in sorted(ids):
         detach(handle, mount_id)
+    with contextlib.suppress(OSError):
+        (handle.staging_host / _PRIVATE).rmdir()
