@@ -7,11 +7,9 @@ bucket's objects inside the sandbox needs the runner's FUSE mounts and a local S
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ import pytest
 
 from pulumi_leap0 import spec
 from tests.backend.helpers import TEMPLATE, http, sdk
-from tests.fixtures.backend import BackendServer, free_port
+from tests.fixtures.backend import BackendServer
+from tests.fixtures.s3 import S3
 from tests.support import require
 
 SECRET_ID = "AKIA-test-key-id"
@@ -51,35 +50,15 @@ def _require_mounts(available: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on this machine, with bucket ``assets`` holding two objects."""
-    port = free_port()
-    server = subprocess.Popen(
-        [shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        import boto3
-
-        s3 = boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id=SECRET_ID, aws_secret_access_key=SECRET_KEY,
-        )
-        s3.create_bucket(Bucket="assets")
-        s3.put_object(Bucket="assets", Key="docs/readme.txt", Body=b"hello from s3\n")
-        s3.put_object(Bucket="assets", Key="top.txt", Body=b"top level\n")
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(10)
+def s3_endpoint(s3: S3) -> str:
+    """The session's moto S3 server (tests/fixtures/s3.py) with bucket ``assets`` holding
+    two objects. moto does not check keys, so this module's own keys work against it."""
+    client = s3.client()
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket="assets")
+    client.put_object(Bucket="assets", Key="docs/readme.txt", Body=b"hello from s3\n")
+    client.put_object(Bucket="assets", Key="top.txt", Body=b"top level\n")
+    return s3.endpoint
 
 
 def test_mounts_add_update_delete_without_credentials_in_answers(
