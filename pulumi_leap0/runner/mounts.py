@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -65,6 +66,7 @@ READ_FLAGS: tuple[str, ...] = ("--vfs-read-chunk-size", "8M", "--buffer-size", "
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 _HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_MOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # it names files and dirs
 _PRIVATE = ".rw"  # under staging: the helper's private, writable view of the root
 
 
@@ -208,6 +210,8 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
         raise RunnerError("object-storage mounts need rclone, fuse3 and /dev/fuse on the host")
     if not handle.init_pid:
         raise RunnerError("the sandbox is not running")
+    if not _MOUNT_ID.match(config.id):
+        raise RunnerError("mount ids are letters, digits, '_' and '-'")
     _check_path(config.mount_path)
     detach(handle, config.id)  # a changed mount is made anew under the same id
     private = handle.staging_host / _PRIVATE
@@ -282,6 +286,8 @@ def _wait_mounted(process: subprocess.Popen[bytes], host_dir: Path) -> None:
 
 
 def detach(handle: SandboxHandle, mount_id: str) -> None:
+    if not _MOUNT_ID.match(mount_id):
+        return  # never attached: attach refuses such ids
     record_path = _record_path(handle, mount_id)
     try:
         record = json.loads(record_path.read_text())
