@@ -117,8 +117,8 @@ def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
         missing.append("custom network policies are not enforced yet: they fail closed "
                        "(loopback only, as deny-all) until the egress filter lands.")
     if not caps.object_storage_mounts:
-        missing.append("object-storage mounts are not available yet: sandboxes with mounts "
-                       "fail to start.")
+        missing.append("object-storage mounts need root, rclone, fusermount3 and /dev/fuse: "
+                       "sandboxes with mounts fail to start.")
     elif not caps.fuse:
         missing.append("FUSE (/dev/fuse, fusermount3) unavailable: no object-storage mounts.")
     if not caps.safe_file_access:
