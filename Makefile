@@ -1,7 +1,21 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# What the reference backend needs from the system: bubblewrap (namespaces), fuse3 and
+# rclone (object-storage mounts), nftables and iproute2 (network policy), procps and psmisc
+# (the tests look for leftover processes).
+DEBIAN_PACKAGES = bubblewrap fuse3 rclone nftables iproute2 iptables procps psmisc \
+	ca-certificates
 
-.PHONY: install lint test demo schema bench
+.PHONY: deps install lint test demo schema bench
+
+deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(DEBIAN_PACKAGES) >/dev/null; \
+	elif ! command -v bwrap >/dev/null || ! command -v rclone >/dev/null; then \
+		echo "install these packages first (as root): $(DEBIAN_PACKAGES)" >&2; exit 1; \
+	fi
 
 install:
 	$(PYTHON) -m pip install -q -e '.[backend,dev]'
@@ -10,10 +24,12 @@ lint:
 	$(PYTHON) -m ruff check pulumi_leap0 tests bench examples
 	$(PYTHON) -m mypy --strict pulumi_leap0
 
-test: lint
+# Installs first, so that this works on a fresh machine (and in CI, which runs exactly it).
+test: deps install
+	$(MAKE) lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-demo: install
+demo: deps install
 	$(PYTHON) -m pulumi_leap0.demo
 
 schema:
