@@ -393,3 +393,19 @@ def test_mounts_are_updated_in_place_keeping_their_ids(
     assert removed["mounts"] == []
     assert not live.diff(id_, removed, BASE).changes
     live.delete(id_, removed)
+
+
+def test_the_pickled_provider_is_small_and_carries_no_credential() -> None:
+    import base64
+
+    from pulumi.dynamic.config import Config
+    from pulumi.dynamic.dynamic import ConfigureRequest, serialize_provider
+
+    from pulumi_leap0.provider import SandboxProvider
+
+    provider = SandboxProvider()
+    provider.configure(ConfigureRequest(Config({"leap0:apiKey": "key-that-must-not-leak",
+                                                "leap0:baseUrl": "http://x"}, "p")))
+    pickled = serialize_provider(provider)
+    assert len(pickled) < 200
+    assert b"key-that-must-not-leak" not in base64.b64decode(pickled)
