@@ -25,7 +25,23 @@ How a mount is made, and why:
    would write into the template.
 
 A record per mount (``state_dir/mounts/<id>.json``: rclone's pid and start time, the
-mount path) lets ``detach`` and ``detach_all`` undo it all after a backend restart.
+mount path, bucket and prefix; never a credential or the endpoint, which may carry userinfo)
+lets ``detach`` and ``detach_all`` undo it all after a backend restart. rclone runs in its own
+session, so it outlives the backend, as the sandbox does.
+
+The API the core calls (``handle`` is a :class:`SandboxHandle` of a running sandbox; an
+``init_pid`` of 0 means "gone": nothing is entered, only the host side is cleaned up):
+
+- ``attach(handle, MountConfig)``: make the mount (or make it anew: an existing mount of the
+  same id is detached first, so a changed bucket, prefix, credentials or path is an attach).
+  Raises ``RunnerError`` with a reason (never a credential) and leaves nothing behind.
+- ``detach(handle, mount_id)``: undo one mount; idempotent, also for unknown ids.
+- ``detach_all(handle)``: undo every mount of the sandbox (stop, destroy, dead sandbox).
+- ``list_mounts(handle) -> list[MountStatus]``: what the host side knows, with whether each
+  mount is still served (its rclone alive, its FUSE mount connected).
+- ``reconcile(handle, known_ids) -> list[str]``: after a restart, detach every mount that is
+  not in ``known_ids`` and every dead one, and return the known ids that the caller must
+  ``attach`` again (from its own copy of the configs: credentials are kept nowhere here).
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,6 +265,8 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
         "pid": process.pid,
         "start_time": sysutil.process_start_time(process.pid),
         "mount_path": config.mount_path,
+        "bucket": config.bucket,
+        "prefix": config.prefix,
     }))
     try:
         _wait_mounted(process, host_dir)
@@ -346,3 +365,68 @@ def detach_all(handle: SandboxHandle) -> None:
         detach(handle, mount_id)
     with contextlib.suppress(OSError):
         (handle.staging_host / _PRIVATE).rmdir()
+
+
+@dataclass(frozen=True)
+class MountStatus:
+    """One mount as the host side sees it (no credentials: they are kept nowhere here)."""
+
+    id: str
+    mount_path: str
+    bucket: str
+    prefix: str
+    #: rclone is running and its FUSE mount answers: the sandbox can read the bucket.
+    serving: bool
+
+
+def _serving(handle: SandboxHandle, record: dict[str, object]) -> bool:
+    pid, start = record.get("pid"), record.get("start_time")
+    if not isinstance(pid, int) or sysutil.process_start_time(pid) != start:
+        return False
+    host_dir = handle.staging_host / str(record.get("id", ""))
+    try:
+        os.stat(host_dir)  # a FUSE mount whose server died answers ENOTCONN
+    except OSError:
+        return False
+    return sysutil.is_mountpoint(host_dir)
+
+
+def list_mounts(handle: SandboxHandle) -> list[MountStatus]:
+    """Every mount this sandbox has a record of, from the host side, sorted by id."""
+    records = handle.state_dir / "mounts"
+    found = []
+    for path in sorted(records.glob("*.json")) if records.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if not isinstance(record, dict):
+            record = {}
+        record["id"] = path.stem
+        found.append(MountStatus(
+            id=path.stem, mount_path=str(record.get("mount_path", "")),
+            bucket=str(record.get("bucket", "")), prefix=str(record.get("prefix", "")),
+            serving=bool(handle.init_pid) and _serving(handle, record),
+        ))
+    return found
+
+
+def reconcile(handle: SandboxHandle, known_ids: Iterable[str]) -> list[str]:
+    """Bring the host side in line with the mounts the caller knows, after a restart.
+
+    Mounts not in ``known_ids`` are detached (orphans of a call that crashed half-way, or of
+    a mount deleted while the backend was down), and so are dead ones (rclone gone, e.g.
+    killed by the OOM killer). Returns, sorted, the known ids that are not served now: the
+    caller attaches them again with their configs. Leftover staging directories without a
+    record are removed too.
+    """
+    known = set(known_ids)
+    statuses = {m.id: m for m in list_mounts(handle)}
+    for mount_id, status in statuses.items():
+        if mount_id not in known or not status.serving:
+            detach(handle, mount_id)
+    if handle.staging_host.is_dir():
+        for leftover in handle.staging_host.iterdir():
+            if leftover.name != _PRIVATE and leftover.name not in statuses:
+                detach(handle, leftover.name)
+    return sorted(i for i in known if not (i in statuses and statuses[i].serving))
