@@ -24,6 +24,16 @@ How a mount is made, and why:
    A path under a template directory that lacks it (``/usr/nope``) is refused: creating it
    would write into the template.
 
+Why a host-side FUSE mount that propagates in, rather than rclone mounting straight into the
+sandbox's mount namespace (``nsenter --mount rclone mount ...``): rclone would then live in
+the sandbox's file system view for its whole life, resolving names with the sandbox's
+/etc/resolv.conf and trusting its CA bundle, both of which the sandbox user can influence;
+and the FUSE connection would exist only inside that namespace, so the host could neither
+see whether it is alive nor unmount it once the sandbox is dead (its init pid may be reused).
+Here the FUSE mount is the host's: ``list_mounts`` can check it, a dead sandbox's mounts are
+cleaned up without entering anything, and only a plain read-only bind lives inside. Inside,
+/proc/mounts shows ``fuse.rclone`` with the source ``LEAP0:<bucket>/<prefix>``: no secret.
+
 A record per mount (``state_dir/mounts/<id>.json``: rclone's pid and start time, the
 mount path, bucket and prefix; never a credential or the endpoint, which may carry userinfo)
 lets ``detach`` and ``detach_all`` undo it all after a backend restart. rclone runs in its own
