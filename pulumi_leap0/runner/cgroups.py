@@ -165,24 +165,24 @@ class Cgroups:
             available = set()
         wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in available)
         parts = Path(rel).parts
+
+        def distribute(group: Path) -> None:
+            if not wanted:
+                return
+            have: set[str] = set()
+            with contextlib.suppress(OSError):
+                have = set(_read(group / "cgroup.subtree_control").split())
+            if not {w[1:] for w in wanted.split()} <= have:
+                _write(group / "cgroup.subtree_control", wanted)
+
         current = root
         # Every ancestor of the sandbox cgroup distributes the controllers, the sandbox
         # cgroup does not (it holds the init process).
         for part in parts[:-1]:
-            if wanted:
-                have = set()
-                with contextlib.suppress(OSError):
-                    have = set(_read(current / "cgroup.subtree_control").split())
-                if not {w[1:] for w in wanted.split()} <= have:
-                    _write(current / "cgroup.subtree_control", wanted)
+            distribute(current)
             current = current / part
             current.mkdir(exist_ok=True)
-        if wanted:
-            have = set()
-            with contextlib.suppress(OSError):
-                have = set(_read(current / "cgroup.subtree_control").split())
-            if not {w[1:] for w in wanted.split()} <= have:
-                _write(current / "cgroup.subtree_control", wanted)
+        distribute(current)
 
     def _apply(self, rel: str, limits: Limits) -> None:
         quota = limits.vcpu * CPU_PERIOD_US

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from pulumi_leap0.runner import Runner
-from tests.runner.conftest import Sandboxes, require_capability
+from tests.runner.conftest import require_capability, sandboxes  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +14,3 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
     require_capability(r, "bubblewrap", "namespaces", "object_storage_mounts")
     return r
 
-
-@pytest.fixture
-def sandboxes(runner: Runner) -> Iterator[Sandboxes]:
-    boxes = Sandboxes(runner)
-    try:
-        yield boxes
-    finally:
-        boxes.cleanup()
