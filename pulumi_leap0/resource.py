@@ -1,8 +1,14 @@
 """``leap0.Sandbox``: what a Pulumi program writes.
 
 Inputs are named as the API names them. Credentials (env var values, mount keys, injected
-header values) are marked secret here, by the resource itself, so that a user who passes a
-plain string still never finds it in plaintext in state or in preview output.
+header values; ``spec.SECRET_PATHS``) are marked secret here, by the resource itself, so that
+a user who passes a plain string still never finds it in plaintext in state or in preview
+output. The dynamic provider does not accept secrets: the engine strips them before calling
+it and marks an output secret when the input of the same name held one, recursing into
+objects and taking a list with one secret item as secret as a whole. So ``env_vars`` is
+secret, ``network_policy.transforms`` is secret when a transform injects headers, and
+``mounts`` is secret when a mount has credentials. Mount outputs never hold the credentials
+themselves, only ``credentials_sha256``, a fingerprint that lets diff see them change.
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ class SandboxArgs:
     network_policy: NetworkPolicyArgs | None = None
     #: Seconds create waits for the sandbox to run before it deletes it and fails.
     create_timeout: pulumi.Input[float] | None = None
+    #: An existing sandbox (``sbx-...``) to take over instead of creating one. It must
+    #: already match what cannot change in place; its mounts are made to match. Only
+    #: read when the resource is created.
+    adopt_id: pulumi.Input[str] | None = None
 
 
 def _secret(value: Any) -> Any:
@@ -100,8 +110,22 @@ def _prepare(props: dict[str, Any]) -> dict[str, Any]:
 
 
 class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
-    """A Leap0 sandbox. Changing vcpu, memory, template, env_vars, timeout, auto_pause or
-    the network policy replaces it (deleting the old one first); mounts change in place."""
+    """A Leap0 sandbox, managed as infrastructure.
+
+    * Changing ``template_name``, ``env_vars``, ``vcpu``, ``memory``, ``timeout``,
+      ``auto_pause`` or ``network_policy`` replaces the sandbox, and preview names exactly
+      those. The old sandbox is deleted *before* its replacement is created: an
+      organization holds at most 3 sandboxes, and create-before-delete would be refused
+      exactly when all three are in use. The sandbox is briefly absent during ``up``.
+    * ``mounts`` change in place: added, changed (keeping their ids) and removed.
+    * Create waits for the sandbox to run, polling from 20 ms up to 1 s, for at most
+      ``create_timeout`` seconds (default 300); on any failure after the sandbox was made it
+      is deleted before the error is raised.
+    * ``pulumi import`` does not work for dynamic providers (pulumi/pulumi#16175): set
+      ``adopt_id`` to take over an existing sandbox, or use :meth:`get` to only read one.
+    * Credentials: ``LEAP0_API_KEY`` / ``LEAP0_BASE_URL``, or stack config ``leap0:apiKey``
+      (secret) and ``leap0:baseUrl``.
+    """
 
     template_name: pulumi.Output[str]
     env_vars: pulumi.Output[dict[str, str]]
@@ -115,6 +139,8 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
     template_id: pulumi.Output[str]
     disk: pulumi.Output[int]
     created_at: pulumi.Output[str]
+    create_timeout: pulumi.Output[float | None]
+    adopt_id: pulumi.Output[str | None]
 
     def __init__(
         self,
@@ -131,6 +157,7 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
         auto_pause: pulumi.Input[bool] | None = None,
         network_policy: NetworkPolicyArgs | dict[str, Any] | None = None,
         create_timeout: pulumi.Input[float] | None = None,
+        adopt_id: pulumi.Input[str] | None = None,
     ) -> None:
         if args is not None:
             given = dict(vars(args))
@@ -139,12 +166,17 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
                 "template_name": template_name, "env_vars": env_vars, "mounts": mounts,
                 "vcpu": vcpu, "memory": memory, "timeout": timeout, "auto_pause": auto_pause,
                 "network_policy": network_policy, "create_timeout": create_timeout,
+                "adopt_id": adopt_id,
             }
         if given.get("template_name") is None and (opts is None or opts.id is None):
             raise TypeError("Sandbox needs template_name")
         props = _prepare(_plain({k: v for k, v in given.items() if v is not None}))
         # Outputs only exist as attributes when the props name them.
         props = {**dict.fromkeys((*_OUTPUTS, *given)), **props}
+        # env_vars is secret as a whole (names and values, spec.SECRET_PATHS), also when the
+        # engine has no secret input to copy it from (Sandbox.get, refresh).
+        secret_outputs = pulumi.ResourceOptions(additional_secret_outputs=["env_vars"])
+        opts = pulumi.ResourceOptions.merge(opts, secret_outputs)
         super().__init__(SandboxProvider(), resource_name, props, opts)
 
     @staticmethod

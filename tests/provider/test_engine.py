@@ -15,12 +15,14 @@ from pulumi.runtime import rpc
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client
 from pulumi_leap0.engine_protocol import ProviderProcess
+from pulumi_leap0.provider import FINGERPRINT, mount_states
 from tests.fixtures.backend import BackendServer
 from tests.fixtures.s3 import S3
 from tests.support import require
 
 TEMPLATE = "system/debian:bookworm"
 BASE: dict[str, Any] = {"template_name": TEMPLATE}
+MOUNT = {"bucket": "models", "mount_path": "/models", "endpoint": "http://s3.local"}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,7 @@ CHECK_FAILURES = [
      "network_policy.allow_domains"),
     ({"network_policy": {"mode": "sometimes"}}, "network_policy.mode"),
     ({"create_timeout": -1}, "create_timeout"),
+    ({"adopt_id": "not-a-sandbox"}, "adopt_id"),
 ]
 
 
@@ -102,9 +105,43 @@ def test_check_tolerates_unknowns_in_preview(engine: ProviderProcess) -> None:
     assert isinstance(inputs["vcpu"], Unknown)
 
 
+UNKNOWN_BESIDE_AN_ERROR = [
+    ("a sibling field of an unknown",
+     {"mounts": [{"bucket": rpc.UNKNOWN, "mount_path": "rel", "endpoint": "http://s3.local"}]},
+     ["mounts[0].mount_path"]),
+    ("a sibling item of an unknown",
+     {"mounts": [{"bucket": rpc.UNKNOWN, "mount_path": "/a", "endpoint": "http://s3.local"},
+                 {"bucket": "bkt", "mount_path": "/b", "endpoint": "http://s3.local",
+                  "prefix": "no-slash"}]},
+     ["mounts[1].prefix"]),
+    ("an unknown template", {"template_name": rpc.UNKNOWN, "vcpu": 9}, ["vcpu"]),
+    ("an unknown mode", {"network_policy": {"mode": rpc.UNKNOWN, "allow_domains": ["bad domain"]}},
+     ["network_policy.allow_domains[0]"]),
+    ("an unknown env value", {"env_vars": {"OK": rpc.UNKNOWN, "1BAD": "x"}}, ["env_vars.1BAD"]),
+    ("a whole unknown item", {"mounts": [rpc.UNKNOWN] * 9}, ["mounts"]),
+]
+
+
+@pytest.mark.parametrize(("props", "fields"), [(p, f) for _, p, f in UNKNOWN_BESIDE_AN_ERROR],
+                         ids=[name for name, _, _ in UNKNOWN_BESIDE_AN_ERROR])
+def test_only_failures_under_an_unknown_are_dropped(
+    engine: ProviderProcess, props: dict[str, Any], fields: list[str]
+) -> None:
+    _, failures = engine.check({**BASE, **props})
+    assert [prop for prop, _ in failures] == fields
+
+
+def test_unknowns_alone_pass_check_and_keep_the_rest_normalized(engine: ProviderProcess) -> None:
+    inputs, failures = engine.check({"template_name": rpc.UNKNOWN, "vcpu": 2.0,
+                                     "mounts": [{**MOUNT, "bucket": rpc.UNKNOWN}]})
+    assert failures == []
+    assert isinstance(inputs["template_name"], Unknown)
+    assert isinstance(inputs["mounts"][0]["bucket"], Unknown)
+    assert inputs["vcpu"] == 2 and inputs["memory"] == spec.MEMORY_DEFAULT_MIB
+
+
 # --- diff ------------------------------------------------------------------------------------
 
-MOUNT = {"bucket": "models", "mount_path": "/models", "endpoint": "http://s3.local"}
 FULL: dict[str, Any] = {
     "template_name": TEMPLATE, "env_vars": {"STAGE": "ci"}, "vcpu": 2, "memory": 2048,
     "timeout": 600, "auto_pause": True, "mounts": [MOUNT],
@@ -118,7 +155,7 @@ def outputs_of(engine: ProviderProcess, props: dict[str, Any]) -> dict[str, Any]
     """What state would hold after create: the checked inputs plus computed outputs."""
     inputs, failures = engine.check(props)
     assert failures == []
-    mounts = [{**m, "id": f"mnt-{i}"} for i, m in enumerate(inputs["mounts"])]
+    mounts = [{**m, "id": f"mnt-{i}"} for i, m in enumerate(mount_states(inputs["mounts"]))]
     return {**inputs, "mounts": mounts, "state": "running", "template_id": TEMPLATE,
             "disk": 1024, "created_at": "2026-11-28T00:00:00Z"}
 
@@ -188,6 +225,46 @@ def test_equivalent_inputs_are_no_change(
     diff = engine.diff("sbx-1", outputs_of(engine, olds), news)
     assert not diff.changes
     assert diff.replaces == []
+
+
+KEYS = {"access_key_id": "AKIAOLD", "secret_access_key": "old-secret-value"}
+
+
+def test_mount_outputs_hold_a_fingerprint_not_the_credentials(engine: ProviderProcess) -> None:
+    olds = outputs_of(engine, {**FULL, "mounts": [{**MOUNT, **KEYS}]})
+    (mount,) = olds["mounts"]
+    assert "access_key_id" not in mount and "secret_access_key" not in mount
+    assert len(mount[FINGERPRINT]) == 64
+    assert "old-secret-value" not in repr(olds)
+
+
+@pytest.mark.parametrize(("keys", "changes"), [
+    (KEYS, False),
+    ({**KEYS, "secret_access_key": "rotated"}, True),
+    ({**KEYS, "access_key_id": "AKIANEW"}, True),
+    ({}, True),
+], ids=["same", "secret rotated", "key id changed", "removed"])
+def test_diff_sees_a_credential_change_through_the_fingerprint(
+    engine: ProviderProcess, keys: dict[str, str], changes: bool
+) -> None:
+    olds = outputs_of(engine, {**FULL, "mounts": [{**MOUNT, **KEYS}]})
+    diff = engine.diff("sbx-1", olds, {**FULL, "mounts": [{**MOUNT, **keys}]})
+    assert diff.changes is changes
+    assert diff.replaces == []
+
+
+def test_outputs_of_an_older_provider_with_credentials_compare_equal(
+    engine: ProviderProcess,
+) -> None:
+    olds = outputs_of(engine, FULL)
+    olds["mounts"] = [{**MOUNT, "type": "object-storage", "prefix": "", "read_only": True,
+                       "id": "mnt-0", **KEYS}]
+    assert not engine.diff("sbx-1", olds, {**FULL, "mounts": [{**MOUNT, **KEYS}]}).changes
+
+
+def test_adopt_id_is_not_compared(engine: ProviderProcess) -> None:
+    olds = {**outputs_of(engine, FULL), "adopt_id": "sbx-old"}
+    assert not engine.diff("sbx-old", olds, FULL).changes
 
 
 def test_unknowns_in_preview_are_reported_as_possible_changes(engine: ProviderProcess) -> None:
@@ -301,41 +378,6 @@ def test_a_provider_only_change_keeps_every_output(live: ProviderProcess) -> Non
     live.delete(id_, updated)
 
 
-def test_a_create_that_fails_after_the_post_leaves_nothing(
-    backend: BackendServer, api_key: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The sandbox never reports running (injected), so the wait gives up and cleans up."""
-    import json
-
-    import httpx
-
-    from pulumi_leap0 import provider as provider_module
-
-    real = httpx.HTTPTransport()
-
-    def stuck_starting(request: httpx.Request) -> httpx.Response:
-        response = real.handle_request(request)
-        body = response.read()
-        if request.method in ("GET", "POST") and response.status_code in (200, 201):
-            data = json.loads(body)
-            if "state" in data:
-                data["state"] = "starting"
-            return httpx.Response(response.status_code, json=data)
-        return httpx.Response(response.status_code, content=body, headers=response.headers)
-
-    class StuckClient(Leap0Client):
-        def __init__(self, api_key: str, base_url: str | None = None) -> None:
-            super().__init__(api_key, base_url, transport=httpx.MockTransport(stuck_starting))
-
-    monkeypatch.setattr(provider_module, "Leap0Client", StuckClient)
-    box = provider_module.SandboxProvider()
-    monkeypatch.setenv("LEAP0_API_KEY", api_key)
-    monkeypatch.setenv("LEAP0_BASE_URL", backend.base_url)
-    with pytest.raises(provider_module.SandboxError, match="create_timeout"):
-        box.create({**BASE, "create_timeout": 0.3})
-    assert sandboxes(backend, api_key) == []
-
-
 def test_a_missing_key_names_both_ways_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from pulumi_leap0.provider import SandboxError, SandboxProvider
 
@@ -409,3 +451,69 @@ def test_the_pickled_provider_is_small_and_carries_no_credential() -> None:
     pickled = serialize_provider(provider)
     assert len(pickled) < 200
     assert b"key-that-must-not-leak" not in base64.b64decode(pickled)
+
+
+def test_rotated_mount_credentials_are_patched_in_place_and_never_stored(
+    live: ProviderProcess, backend: BackendServer, api_key: str, s3: S3
+) -> None:
+    require(bool(httpx.get(f"{backend.base_url}/healthz").json()["capabilities"]
+                 .get("object_storage_mounts")), "the backend cannot attach mounts here")
+    mount = {"bucket": s3.bucket, "mount_path": "/models", "endpoint": s3.endpoint,
+             "prefix": "release/", "access_key_id": s3.access_key_id,
+             "secret_access_key": s3.secret_access_key}
+    inputs = live.check({**BASE, "mounts": [mount]})[0]
+    id_, outputs = live.create(inputs)
+    assert s3.secret_access_key not in repr(outputs)
+    first = outputs["mounts"][0]
+
+    # Same key id, another secret: moto accepts any pair, so the mount keeps working.
+    rotated = live.check({**BASE, "mounts": [{**mount, "secret_access_key": "rotated-0"}]})[0]
+    diff = live.diff(id_, outputs, rotated)
+    assert diff.changes and diff.replaces == []
+    updated = live.update(id_, outputs, rotated)
+    (after,) = updated["mounts"]
+    assert after["id"] == first["id"]
+    assert after[FINGERPRINT] != first[FINGERPRINT]
+    assert "rotated-0" not in repr(updated)
+    assert not live.diff(id_, updated, rotated).changes
+
+    read_id, refreshed, read_inputs = live.read(id_, updated)
+    assert read_id == id_
+    assert refreshed["mounts"] == updated["mounts"]
+    assert not live.diff(id_, refreshed, rotated).changes
+    assert "rotated-0" not in repr(read_inputs)
+    live.delete(id_, refreshed)
+
+
+def test_adopting_a_matching_sandbox_takes_it_over(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    program = {**BASE, "vcpu": 2, "env_vars": {"A": "1"},
+               "network_policy": {"mode": "custom", "allow_domains": ["pypi.org"]}}
+    with Leap0Client(api_key, backend.base_url) as client:
+        made = client.create_sandbox(spec.validate_create(program))
+    inputs = live.check({**program, "adopt_id": made.id})[0]
+    id_, outputs = live.create(inputs)
+    assert id_ == made.id
+    assert outputs["vcpu"] == 2 and outputs["state"] == "running"
+    assert outputs["adopt_id"] == made.id
+    assert sandboxes(backend, api_key) == [made.id]
+    assert not live.diff(id_, outputs, live.check(program)[0]).changes
+    live.delete(id_, outputs)
+    assert sandboxes(backend, api_key) == []
+
+
+def test_adopting_a_sandbox_that_differs_names_the_difference_and_keeps_it(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    with Leap0Client(api_key, backend.base_url) as client:
+        made = client.create_sandbox(spec.validate_create({**BASE, "memory": 2048}))
+    inputs = live.check({**BASE, "vcpu": 2, "adopt_id": made.id})[0]
+    with pytest.raises(grpc.RpcError) as refused:
+        live.create(inputs)
+    assert "vcpu, memory differ" in str(refused.value.details())
+    assert sandboxes(backend, api_key) == [made.id]  # not ours: never deleted
+
+    with pytest.raises(grpc.RpcError) as missing:
+        live.create(live.check({**BASE, "adopt_id": "sbx-nonexistent"})[0])
+    assert "no such sandbox" in str(missing.value.details())
