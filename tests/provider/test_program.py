@@ -154,3 +154,38 @@ def test_get_reads_an_existing_sandbox(engine: Recorder) -> Awaitable[None]:
 def test_template_name_is_required() -> None:
     with pytest.raises(TypeError, match="template_name"):
         leap0.Sandbox("nameless")
+
+
+def outside_secrets(value: Any) -> list[str]:
+    """Every string in ``value`` that is not inside a secret-wrapped value."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value:
+            return []
+        return [s for v in value.values() for s in outside_secrets(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in outside_secrets(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@pulumi.runtime.test
+def test_no_credential_is_registered_in_plaintext(engine: Recorder) -> Awaitable[None]:
+    box = the_ci_runner()
+
+    def check(_: Any) -> None:
+        plain = outside_secrets(dict(engine.registered["ci-runner"].inputs))
+        for credential in ("ci", "Bearer t", "AK", "SK"):
+            assert credential not in plain, credential
+        assert "system/debian:bookworm" in plain  # what is not a credential stays readable
+
+    return box.urn.apply(check)
+
+
+@pulumi.runtime.test
+def test_adopt_id_and_create_timeout_are_inputs(engine: Recorder) -> Awaitable[None]:
+    box = leap0.Sandbox("adopted", template_name="t", adopt_id="sbx-123", create_timeout=60)
+
+    def check(_: Any) -> None:
+        inputs = engine.registered["adopted"].inputs
+        assert (inputs["adopt_id"], inputs["create_timeout"]) == ("sbx-123", 60)
+
+    return box.urn.apply(check)
