@@ -289,10 +289,22 @@ def sandboxes(backend: BackendServer, api_key: str) -> list[str]:
         return [s.id for s in client.list_sandboxes(page_size=100).items]
 
 
+def mounts_supported(backend: BackendServer) -> bool:
+    health = httpx.get(f"{backend.base_url}/healthz").json()
+    return bool(health["capabilities"].get("object_storage_mounts"))
+
+
 def test_create_with_every_input_then_refresh_and_delete(
-    live: ProviderProcess, backend: BackendServer, api_key: str
+    live: ProviderProcess, backend: BackendServer, api_key: str, s3: S3
 ) -> None:
     props = {k: v for k, v in FULL.items() if k != "mounts"}
+    # Where the backend cannot attach mounts, test_mounts_* say so; the rest is tested here.
+    with_mount = mounts_supported(backend)
+    if with_mount:
+        props["mounts"] = [{"bucket": s3.bucket, "mount_path": "/models", "prefix": "release/",
+                            "endpoint": s3.endpoint, "access_key_id": s3.access_key_id,
+                            "secret_access_key": s3.secret_access_key}]
+    props["create_timeout"] = 120
     props["network_policy"] = {"mode": "custom", "allow_domains": ["pypi.org"],
                                "transforms": [{"domain": "api.x.com",
                                                "inject_headers": {"X-Key": "k"}}]}
@@ -306,9 +318,14 @@ def test_create_with_every_input_then_refresh_and_delete(
     assert outputs["env_vars"] == {"STAGE": "ci"}
     assert outputs["disk"] > 0 and outputs["created_at"]
     assert outputs["network_policy"]["transforms"][0]["inject_headers"] == {"x-key": "k"}
+    assert outputs["create_timeout"] == 120
     with Leap0Client(api_key, backend.base_url) as client:
         result = client.execute(id_, spec.ExecuteRequest(command="echo $STAGE"))
         assert result.stdout == "ci\n"
+        if with_mount:
+            assert outputs["mounts"][0]["id"].startswith(spec.MOUNT_ID_PREFIX)
+            listing = client.execute(id_, spec.ExecuteRequest(command="ls /models"))
+            assert "readme.txt" in listing.stdout
 
     read_id, refreshed, read_inputs = live.read(id_, outputs)
     assert read_id == id_
