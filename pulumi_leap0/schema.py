@@ -115,6 +115,11 @@ def build() -> dict[str, Any]:
         "and fails. Not sent to Leap0; changing it changes nothing in the sandbox.",
         "default": CREATE_TIMEOUT_DEFAULT_S,
     }
+    inputs["adopt_id"] = {
+        "type": "string",
+        "description": "An existing sandbox (`sbx-...`) that create takes over instead of "
+        "making a new one, since `pulumi import` does not work for dynamic providers.",
+    }
     computed = {
         name: _property(s)
         for name, s in spec.Sandbox.model_json_schema()["properties"].items()
