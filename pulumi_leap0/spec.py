@@ -253,6 +253,27 @@ class NetworkPolicy(_Model):
         """Every domain the sandbox may reach: the listed ones and the transform domains."""
         return sorted(set(self.allow_domains) | {t.domain for t in self.transforms})
 
+    def allows(self, host: str) -> bool:
+        """Whether a sandbox under this policy may reach ``host`` by name."""
+        if self.mode != "custom":
+            return self.mode == "allow-all"
+        return any(domain_matches(host, pattern) for pattern in self.allowed_domains())
+
+    def transform_for(self, host: str) -> TransformRule | None:
+        """The transform that applies to ``host``: an exact domain wins over a wildcard."""
+        matching = [t for t in self.transforms if domain_matches(host, t.domain)]
+        return max(matching, key=lambda t: (not t.domain.startswith("*."), len(t.domain)),
+                   default=None)
+
+
+def domain_matches(host: str, pattern: str) -> bool:
+    """``example.com`` matches itself only; ``*.example.com`` matches every name under it
+    (``a.example.com``, ``a.b.example.com``) but not ``example.com`` itself."""
+    host = host.strip().lower().rstrip(".")
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
 
 # --- Mounts --------------------------------------------------------------------------------
 

@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--egress-resolver", metavar="IP:PORT", default=None,
+                       help="DNS server the egress filters of custom network policies "
+                       "resolve allowed names with (default: the host's resolver)")
+    serve.add_argument("--egress-ca-file", metavar="PEM", type=Path, default=None,
+                       help="extra CA the egress filters trust for upstream TLS (transforms)")
     data_dir_option(serve)
 
     api_key = commands.add_parser("api-key", help="manage API keys")
@@ -64,15 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(host: str, port: int, data_dir: Path, log_level: str) -> int:
+def _serve(host: str, port: int, data_dir: Path, log_level: str,
+           egress_resolver: str | None = None, egress_ca_file: Path | None = None) -> int:
     import uvicorn
 
+    from pulumi_leap0.backend import runtime
     from pulumi_leap0.backend.app import create_app
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(data_dir)
+    runner = runtime.make_runner(data_dir / "sandboxes", egress_resolver=egress_resolver,
+                                 egress_ca_file=egress_ca_file)
+    app = create_app(data_dir, runner=runner)
     # httptools and uvloop when installed ("auto"): they roughly double GET throughput.
     config = uvicorn.Config(
         app,
@@ -119,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "serve":
-        return _serve(args.host, args.port, data_dir, args.log_level)
+        return _serve(args.host, args.port, data_dir, args.log_level, args.egress_resolver,
+                      args.egress_ca_file)
     if args.command == "api-key":
         return _api_key_create(args.org, data_dir)
     return _doctor(data_dir)

@@ -61,10 +61,16 @@ class Runner(Protocol):
     def disk_mib(self, template: str) -> int: ...
 
 
-def make_runner(root_dir: Path) -> Runner:
+def make_runner(root_dir: Path, *, egress_resolver: str | None = None,
+                egress_ca_file: Path | None = None) -> Runner:
+    """The Linux runner. ``egress_resolver`` ("ip:port") and ``egress_ca_file`` are how the
+    egress filters of custom policies resolve names and verify upstream TLS (defaults: the
+    host's resolver and trust store)."""
     from pulumi_leap0.runner import Runner as LinuxRunner
+    from pulumi_leap0.runner.network import EgressSettings
 
-    runner: Runner = LinuxRunner(root_dir)
+    egress = EgressSettings(resolver=egress_resolver, upstream_ca_file=egress_ca_file)
+    runner: Runner = LinuxRunner(root_dir, egress=egress)
     return runner
 
 

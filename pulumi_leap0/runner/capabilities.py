@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pulumi_leap0.runner import mounts, network, sysutil
+from pulumi_leap0.runner import mounts, sysutil
 from pulumi_leap0.runner.cgroups import Cgroups
 
 
@@ -85,7 +85,7 @@ def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
         disk_limit=root,
         network_namespaces=netns,
         nftables=nft,
-        network_policy=network.POLICY_ENFORCED,
+        network_policy=netns and nft,
         fuse=fuse,
         object_storage_mounts=mounts.AVAILABLE,
         safe_file_access=safe_files,
@@ -111,11 +111,9 @@ def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
     if not caps.network_namespaces:
         missing.append("ip/nsenter unavailable or not root: sandboxes get a private "
                        "loopback-only network from bubblewrap instead of a named netns.")
-    if not caps.network_policy:
-        missing.append("network policies are not enforced: every sandbox is loopback-only.")
-    if not network.CUSTOM_ENFORCED:
-        missing.append("custom network policies are not enforced yet: they fail closed "
-                       "(loopback only, as deny-all) until the egress filter lands.")
+    if caps.network_namespaces and not caps.network_policy:
+        missing.append("nftables (nft) is not installed: sandboxes under allow-all or custom "
+                       "network policies fail to start (deny-all still works).")
     if not caps.object_storage_mounts:
         missing.append("object-storage mounts need root, rclone, fusermount3 and /dev/fuse: "
                        "sandboxes with mounts fail to start.")

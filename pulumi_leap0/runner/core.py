@@ -129,8 +129,9 @@ class Runner:
     sandboxes and concurrent ``exec``/file calls run in parallel.
     """
 
-    def __init__(self, root_dir: Path) -> None:
+    def __init__(self, root_dir: Path, *, egress: network.EgressSettings | None = None) -> None:
         self.root_dir = Path(root_dir).absolute()
+        self.egress = egress or network.EgressSettings()
         # Traversable, not listable: bubblewrap runs as the unprivileged sandbox uid and
         # must reach the bind sources below; state.json (it holds env values) stays 0600.
         self.root_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -316,7 +317,8 @@ class Runner:
             self._cgroups.create(rel, Limits(vcpu=config.vcpu, memory_mib=config.memory_mib))
         handle: network.NetworkHandle | None = None
         if self._netns:
-            handle = network.setup(config.id, config.network_policy, state, scope=self.scope)
+            handle = network.setup(config.id, config.network_policy, state, scope=self.scope,
+                                   egress=self.egress, bind_dir=rt)
 
         env = template.base_env()
         env.update(config.env)
@@ -434,7 +436,11 @@ class Runner:
             a += ["--bind-fd", fd(staging), STAGING_SANDBOX]
         if handle is not None:
             for host_path, inside in handle.extra_ro_binds:
-                a += ["--ro-bind-fd", fd(host_path), inside]
+                # Inside the template's read-only tree a bind can only cover a file that is
+                # there; elsewhere (/run) bubblewrap makes the mount point.
+                in_template = inside.strip("/").split("/")[0] in template.root_entries
+                if not in_template or (rootfs / inside.lstrip("/")).is_file():
+                    a += ["--ro-bind-fd", fd(host_path), inside]
         if template.workdir != template.home:
             a += ["--dir", template.workdir]
         a += ["--remount-ro", "/", "--chdir", template.workdir, "--clearenv"]
@@ -737,7 +743,7 @@ class Runner:
         if self._cgroups is not None:
             self._cgroups.remove(rel)
         if self._netns:
-            network.teardown(sandbox_id, scope=self.scope)
+            network.teardown(sandbox_id, scope=self.scope, state_dir=self._dir(sandbox_id))
         rt = self._rt(sandbox_id)
         for point in sysutil.mountpoints_under(rt / "mnt"):
             sysutil.umount(point)

@@ -1,4 +1,4 @@
-"""Per-sandbox network namespaces: the hook the egress-policy work plugs into.
+"""Per-sandbox network namespaces, and the egress policy each one enforces.
 
 Every sandbox runs in its own network namespace, created with ``ip netns add`` so it is
 visible to operators (``ip netns list``) and cleanable by name. The runner starts the
@@ -8,21 +8,24 @@ so bubblewrap does not unshare the network itself.
 Contract between the runner and this module (stable; the policy implementation may change
 everything behind it):
 
-``setup(sandbox_id, policy, state_dir, *, scope) -> NetworkHandle``
+``setup(sandbox_id, policy, state_dir, *, scope, egress, bind_dir) -> NetworkHandle``
     Called by ``Runner.start`` before any sandbox process exists. ``policy`` is the
     contract's ``NetworkPolicy`` (``mode``: allow-all | deny-all | custom, ``allow_domains``,
     ``allow_cidrs``, ``transforms``) or None for the default. ``state_dir`` is the
-    sandbox's private host-side directory (never visible inside the sandbox): put proxy
-    sockets, CA keys and nftables rule files there. Return the namespace to join,
-    environment variables every sandbox process must get (e.g. ``HTTPS_PROXY``), and host
-    files to bind read-only into the sandbox as ``(host_path, sandbox_path)`` (e.g. the
-    per-sandbox CA bundle). On failure raise ``RunnerError`` after undoing what it made.
-``teardown(sandbox_id, *, scope)``
+    sandbox's private host-side directory (never visible inside the sandbox): the egress
+    filter's pid record and log go there. ``bind_dir`` is a host directory bubblewrap can
+    read as the sandbox's uid: files bound into the sandbox (the CA bundle) go there.
+    ``egress`` says how filters resolve names and verify upstream TLS. Returns the
+    namespace to join, environment variables every sandbox process must get (the trust
+    bundle's path), and host files to bind read-only into the sandbox as
+    ``(host_path, sandbox_path)``. On failure raises ``RunnerError`` after undoing what it
+    made.
+``teardown(sandbox_id, *, scope, state_dir)``
     Called by stop/destroy/recover after every sandbox process is dead. Idempotent.
 ``list_netns(scope) -> list[str]``
     Sandbox ids that have a namespace of this runner scope, for orphan recovery.
 
-What each policy gets today:
+What each policy gets:
 
 * ``deny-all``: loopback and nothing else. No route, no interface: no TCP, UDP or DNS
   leaves the sandbox, whatever the program does.
@@ -30,9 +33,11 @@ What each policy gets today:
   ``SANDBOX_NET``, a default route through the host, and masquerade on the way out. The
   host's nftables table ``leap0`` keeps sandboxes from reaching each other and the host's
   own services (only replies come back in).
-* ``custom``: served as deny-all (it fails closed) until the egress filter lands: a
-  sandbox held to a list must not get more than the list. ``CUSTOM_ENFORCED`` says so and
-  the capability report repeats it.
+* ``custom``: the allow-all plumbing, plus nftables rules inside the sandbox's namespace
+  (which its processes cannot change) that let only ``allow_cidrs`` through the veth and
+  hand every DNS query and every other TCP connection to the sandbox's egress filter, a
+  host-side process started here before any sandbox process exists (``runner/egress``).
+  With transforms, the filter's CA is bound into the sandbox as its trust bundle.
 """
 
 from __future__ import annotations
@@ -40,21 +45,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import json
 import os
+import select
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pulumi_leap0.runner import sysutil
+from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, READY, EgressConfig
 from pulumi_leap0.runner.errors import RunnerError
 
 NETNS_DIR = Path("/run/netns")
 PREFIX = "leap0-"
 IP = "ip"
 NFT = "nft"
-# allow-all and deny-all are enforced; custom is served as deny-all until the egress filter.
-POLICY_ENFORCED = True
-CUSTOM_ENFORCED = False
+#: The sandbox's trust bundle, where the CA of transform domains is: inside every sandbox
+#: with transforms, and over the system bundle wherever the template has one.
+TRUST_BUNDLE = "/run/leap0/ca-certificates.crt"
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
+#: How long the egress filter may take to listen before the start fails.
+FILTER_START_TIMEOUT_S = 15.0
 _HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 #: Where sandboxes' veth addresses come from: one /30 each (host .1, sandbox .2).
@@ -83,6 +97,41 @@ table ip leap0 {{
     }}
 }}
 """
+
+
+# The custom policy inside the sandbox's namespace. DNS first, whatever its address (even
+# a loopback resolver in /etc/resolv.conf); then loopback and allow_cidrs pass; every other
+# TCP connection goes to the filter; the filter chain drops what is left (UDP, ICMP, IPv6).
+# It accepts what was redirected by its conntrack status: the output interface it sees is
+# the one routed before the redirect (eth0), not lo.
+_EGRESS_RULES = """
+table inet leap0_egress {{
+    set allowed {{ type ipv4_addr; flags interval; {elements} }}
+    chain to_filter {{
+        type nat hook output priority -100; policy accept;
+        meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns_port}
+        oifname "lo" accept
+        ip daddr @allowed accept
+        meta l4proto tcp redirect to :{proxy_port}
+    }}
+    chain only_allowed {{
+        type filter hook output priority filter; policy drop;
+        oifname "lo" accept
+        ct status dnat accept
+        ip daddr @allowed accept
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class EgressSettings:
+    """How a runner's egress filters resolve and verify what they dial (custom policies)."""
+
+    #: "ip:port" of the DNS server for allowed names; None uses the host's resolver.
+    resolver: str | None = None
+    #: A CA to trust for upstream TLS besides the system's (private PKI, tests).
+    upstream_ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -162,31 +211,109 @@ def _install_nat() -> None:
     _nat_installed = True
 
 
-def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str) -> NetworkHandle:
+def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
+          egress: EgressSettings | None = None, bind_dir: Path | None = None) -> NetworkHandle:
     """Create the sandbox's namespace, connected as its policy allows (module docstring)."""
-    del state_dir
     name = netns_name(sandbox_id, scope)
     path = NETNS_DIR / name
     if path.exists():
         # Left over from a crash between setup and teardown: start from a clean namespace.
-        teardown(sandbox_id, scope=scope)
+        teardown(sandbox_id, scope=scope, state_dir=state_dir)
     made = _ip("netns", "add", name)
     if made.returncode != 0:
         raise RunnerError(f"could not create network namespace: {made.stderr.strip()}")
-    up = _ip("-n", name, "link", "set", "lo", "up")
-    if up.returncode != 0:
-        teardown(sandbox_id, scope=scope)
-        raise RunnerError(f"could not bring up loopback: {up.stderr.strip()}")
-    if _mode(policy) == "allow-all":
-        try:
+    try:
+        up = _ip("-n", name, "link", "set", "lo", "up")
+        if up.returncode != 0:
+            raise RunnerError(f"could not bring up loopback: {up.stderr.strip()}")
+        mode = _mode(policy)
+        if mode in ("allow-all", "custom"):
             _connect(name)
-        except BaseException:
-            teardown(sandbox_id, scope=scope)
-            raise
+        if mode == "custom":
+            return _filter(name, path, policy, state_dir, bind_dir or state_dir,
+                           egress or EgressSettings())
+    except BaseException:
+        teardown(sandbox_id, scope=scope, state_dir=state_dir)
+        raise
     return NetworkHandle(netns_name=name, netns_path=path)
 
 
-def teardown(sandbox_id: str, *, scope: str) -> None:
+def _filter(name: str, path: Path, policy: Any, state_dir: Path, bind_dir: Path,
+            egress: EgressSettings) -> NetworkHandle:
+    """Rules in the namespace, then the egress filter: the custom policy, enforced."""
+    cidrs = ", ".join(policy.allow_cidrs)
+    rules = _EGRESS_RULES.format(elements=f"elements = {{ {cidrs} }};" if cidrs else "",
+                                 dns_port=DNS_PORT, proxy_port=PROXY_PORT)
+    done = subprocess.run(["nsenter", f"--net={path}", NFT, "-f", "-"], input=rules,
+                          env=_HOST_ENV, capture_output=True, text=True, check=False,
+                          timeout=30)
+    if done.returncode != 0:
+        raise RunnerError(f"could not install the egress rules: {done.stderr.strip()}")
+    bundle = bind_dir / "egress-ca.crt" if policy.transforms else None
+    config = EgressConfig(
+        netns_path=str(path), policy=policy.model_dump(mode="json"),
+        resolver=egress.resolver,
+        upstream_ca_file=str(egress.upstream_ca_file) if egress.upstream_ca_file else None,
+        forbidden_cidrs=[str(SANDBOX_NET)],
+        ca_bundle_path=str(bundle) if bundle else None, system_ca_file=SYSTEM_BUNDLE)
+    _start_filter(config, state_dir)
+    if bundle is None:
+        return NetworkHandle(netns_name=name, netns_path=path)
+    return NetworkHandle(
+        netns_name=name, netns_path=path,
+        extra_env={key: TRUST_BUNDLE for key in TRUST_ENV},
+        extra_ro_binds=[(bundle, TRUST_BUNDLE), (bundle, SYSTEM_BUNDLE)])
+
+
+def _start_filter(config: EgressConfig, state_dir: Path) -> None:
+    log_path = state_dir / "egress.log"
+    with open(log_path, "ab") as log_file:
+        os.chmod(log_path, 0o600)
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-m", "pulumi_leap0.runner.egress"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd="/",
+            env=_HOST_ENV, start_new_session=True,  # outlives the backend, like the sandbox
+        )
+    _filters[process.pid] = process
+    assert process.stdin is not None and process.stdout is not None
+    (state_dir / "egress.json").write_text(json.dumps(
+        {"pid": process.pid, "start_time": sysutil.process_start_time(process.pid)}))
+    try:
+        process.stdin.write(config.to_json().encode())
+        process.stdin.close()
+        ready, _, _ = select.select([process.stdout], [], [], FILTER_START_TIMEOUT_S)
+        line = process.stdout.readline().decode().strip() if ready else ""
+    except OSError:
+        line = ""
+    process.stdout.close()
+    if line != READY:
+        _stop_filter(state_dir)
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+        raise RunnerError("the egress filter did not start" + (f": {tail[0]}" if tail else ""))
+
+
+# Filters started by this process, so they are reaped (not left as zombies) when stopped.
+_filters: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _stop_filter(state_dir: Path | None) -> None:
+    record_path = state_dir / "egress.json" if state_dir else None
+    if record_path is None or not record_path.exists():
+        return
+    record = json.loads(record_path.read_text())
+    pid, start_time = int(record["pid"]), record.get("start_time")
+    # A pid alone may have been reused since: the start time tells our filter apart.
+    if sysutil.process_start_time(pid) == start_time:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    child = _filters.pop(pid, None)
+    if child is not None:
+        child.wait(timeout=10)
+    record_path.unlink(missing_ok=True)
+
+
+def teardown(sandbox_id: str, *, scope: str, state_dir: Path | None = None) -> None:
+    _stop_filter(state_dir)
     name = netns_name(sandbox_id, scope)
     path = NETNS_DIR / name
     # Deleting the namespace takes its end of the veth, and the host end with it; this
@@ -199,8 +326,6 @@ def teardown(sandbox_id: str, *, scope: str) -> None:
     done = _ip("netns", "delete", name)
     if done.returncode != 0 and path.exists():
         # ip refuses when the mount is already gone but the file stays behind.
-        from pulumi_leap0.runner import sysutil
-
         sysutil.umount(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

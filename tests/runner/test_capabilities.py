@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pulumi_leap0.runner import DEFAULT_TEMPLATE, Runner, TemplateRegistry, network
+from pulumi_leap0.runner import DEFAULT_TEMPLATE, Runner, TemplateRegistry
 
 
 def test_report_is_complete_and_honest(runner: Runner) -> None:
@@ -11,8 +11,8 @@ def test_report_is_complete_and_honest(runner: Runner) -> None:
     assert caps.cgroup_version in (1, 2)
     # The report says what is missing, and only that.
     assert caps.object_storage_mounts == (not any("object-storage" in m for m in caps.missing))
-    assert (
-        not any("custom network policies" in m for m in caps.missing)) == network.CUSTOM_ENFORCED
+    assert caps.network_policy == (caps.network_namespaces and caps.nftables)
+    assert caps.network_policy == (not any("nftables" in m for m in caps.missing))
     assert all(m.endswith(".") for m in caps.missing)
 
 

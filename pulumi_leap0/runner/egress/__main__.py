@@ -1,0 +1,134 @@
+"""Start-up of the egress filter: ``python -m pulumi_leap0.runner.egress`` (config on stdin).
+
+Order matters: read the config, make the CA and write the sandbox's trust bundle, bind the
+two sockets inside the sandbox's network namespace, come back to the host's, drop to
+``nobody``, say ``ready`` on stdout, serve until killed. The runner starts the sandbox only
+after ``ready``, so no program of the sandbox ever runs unfiltered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+from pulumi_leap0 import spec
+from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, READY, EgressConfig
+from pulumi_leap0.runner.egress.authority import CertificateAuthority
+from pulumi_leap0.runner.egress.dns import DnsResponder
+from pulumi_leap0.runner.egress.proxy import Proxy
+from pulumi_leap0.runner.egress.resolve import AddressGuard, Resolver
+
+_CLONE_NEWNET = 0x40000000
+_NOBODY = 65534
+
+
+def _setns(fd: int) -> None:
+    # os.setns arrived in Python 3.12; we support 3.11.
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def bind_in(netns_path: str) -> tuple[socket.socket, socket.socket]:
+    """The proxy's TCP listener and the resolver's UDP socket, on the sandbox's loopback."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(netns_path, os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", PROXY_PORT))
+            listener.listen(1024)
+            resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            resolver.bind(("127.0.0.1", DNS_PORT))
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+    return listener, resolver
+
+
+def _preload() -> None:
+    """Import now what would be imported on first use: as ``nobody`` the interpreter's
+    modules may be unreadable (a root-owned virtualenv), and a failed lazy import in the
+    middle of a connection would refuse it for no reason the policy gives."""
+    import encodings.idna  # noqa: F401 - ssl encodes server names with it
+
+    import dns.asyncbackend
+    import dns.rdata
+
+    dns.rdata.load_all_types(disable_dynamic_load=True)  # type: ignore[no-untyped-call]
+    dns.asyncbackend.get_backend("asyncio")
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+
+
+def _drop_privileges() -> None:
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(_NOBODY, _NOBODY, _NOBODY)
+        os.setresuid(_NOBODY, _NOBODY, _NOBODY)
+
+
+def _upstream_context(extra_ca: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if extra_ca:
+        context.load_verify_locations(extra_ca)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _write_bundle(config: EgressConfig, authority: CertificateAuthority) -> None:
+    assert config.ca_bundle_path is not None
+    system = b""
+    if config.system_ca_file and Path(config.system_ca_file).is_file():
+        system = Path(config.system_ca_file).read_bytes().rstrip(b"\n") + b"\n"
+    path = Path(config.ca_bundle_path)
+    path.write_bytes(system + authority.pem())
+    path.chmod(0o644)
+
+
+async def _serve(config: EgressConfig, policy: spec.NetworkPolicy,
+                 authority: CertificateAuthority | None, upstream_tls: ssl.SSLContext,
+                 listener: socket.socket, dns_socket: socket.socket) -> None:
+    resolver = Resolver(config.resolver, AddressGuard(config.forbidden_cidrs))
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: DnsResponder(policy, resolver),
+                                        sock=dns_socket)
+    await Proxy(policy, resolver, authority, upstream_tls).serve(listener)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    config = EgressConfig.from_json(sys.stdin.read())
+    policy = spec.NetworkPolicy.model_validate(config.policy)
+    authority = None
+    if policy.transforms:
+        authority = CertificateAuthority(t.domain for t in policy.transforms)
+        _write_bundle(config, authority)
+    upstream_tls = _upstream_context(config.upstream_ca_file)
+    listener, dns_socket = bind_in(config.netns_path)
+    _preload()
+    _drop_privileges()
+    print(READY, flush=True)
+    serving = _serve(config, policy, authority, upstream_tls, listener, dns_socket)
+    if "uvloop" in sys.modules:
+        sys.modules["uvloop"].run(serving)
+    else:
+        asyncio.run(serving)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

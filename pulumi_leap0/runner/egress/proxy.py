@@ -1,0 +1,198 @@
+"""Every TCP connection the sandbox opens (outside ``allow_cidrs``) arrives here.
+
+Per connection: peek at the first bytes without consuming them, take the name (TLS SNI or
+HTTP Host), and refuse unless the policy allows it. An allowed name is dialled by name, on
+the port the program asked for: the address it connected to is never used, so a raw IP, a
+spoofed ``/etc/hosts`` or a forged SNI leads to the named host or nowhere. Transform
+domains are served through ``http.relay``; everything else passes as an opaque tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+
+from pulumi_leap0 import spec
+from pulumi_leap0.runner.egress import sniff
+from pulumi_leap0.runner.egress.authority import CertificateAuthority
+from pulumi_leap0.runner.egress.http import Stream, relay
+from pulumi_leap0.runner.egress.resolve import Resolver
+
+log = logging.getLogger("leap0.egress")
+
+#: A program that connects and says nothing for this long is dropped.
+HEAD_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+_DEFAULT_PORTS = {"tls": 443, "http": 80}
+
+
+class Proxy:
+    def __init__(self, policy: spec.NetworkPolicy, resolver: Resolver,
+                 authority: CertificateAuthority | None, upstream_tls: ssl.SSLContext) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._authority = authority
+        self._upstream_tls = upstream_tls
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        listener.setblocking(False)
+        while True:
+            client, _ = await loop.sock_accept(listener)
+            task = asyncio.ensure_future(self._handle(client))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        try:
+            client.setblocking(False)
+            head = await _peek_head(client)
+            kind = sniff.kind_of(head)
+            name = (sniff.server_name(head) if kind == "tls"
+                    else sniff.http_host(head) if kind == "http" else None)
+            port = _original_port(client) or _DEFAULT_PORTS.get(kind, 0)
+            if name is None or not self._policy.allows(name):
+                log.info("refused %s connection to %s port %s (not in the policy)",
+                         kind, name or "an unnamed host", port)
+                return
+            upstream = await self._dial(name, port)
+            if upstream is None:
+                return
+            rule = self._policy.transform_for(name)
+            if rule is None:
+                log.info("tunnel %s %s:%s", kind, name, port)
+                await _tunnel(client, upstream)
+            else:
+                log.info("transform %s %s:%s", kind, name, port)
+                await self._transform(client, upstream, name, kind, rule)
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("connection ended: %s", type(exc).__name__)
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()
+
+    async def _dial(self, name: str, port: int) -> socket.socket | None:
+        loop = asyncio.get_running_loop()
+        for address in await self._resolver.addresses(name):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (address, port)),
+                                       CONNECT_TIMEOUT_S)
+                return sock
+            except (TimeoutError, OSError):
+                sock.close()
+        log.info("could not reach %s:%s", name, port)
+        return None
+
+    async def _transform(self, client: socket.socket, upstream: socket.socket, name: str,
+                         kind: str, rule: spec.TransformRule) -> None:
+        if kind == "tls":
+            assert self._authority is not None
+            sandbox = await _sandbox_stream(client, self._authority.server_context(name))
+            server = await _upstream_stream(upstream, self._upstream_tls, name)
+        elif kind == "http":
+            sandbox, server = await _sandbox_stream(client), await _upstream_stream(upstream)
+        else:
+            return
+        try:
+            await relay(sandbox, server, rule)
+        finally:
+            for stream in (sandbox, server):
+                stream.writer.close()
+
+
+async def _peek_head(sock: socket.socket) -> bytes:
+    """The first bytes the program sent, still unread in the socket."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HEAD_TIMEOUT_S
+    while True:
+        await asyncio.wait_for(_readable(sock), max(0.0, deadline - loop.time()))
+        head = sock.recv(sniff.MAX_HEAD, socket.MSG_PEEK)
+        if not head or sniff.is_complete(head) or len(head) >= sniff.MAX_HEAD:
+            return head
+        # The rest of the head is on its way; peeking again at once would spin.
+        await asyncio.sleep(0.002)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def _original_port(sock: socket.socket) -> int:
+    """The port the program connected to, before nftables redirected it here (0: unknown)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+    except OSError:
+        return 0
+    port: int = struct.unpack_from("!H", raw, 2)[0]
+    return 0 if port == sock.getsockname()[1] else port
+
+
+async def _tunnel(a: socket.socket, b: socket.socket) -> None:
+    copies = [asyncio.ensure_future(_copy(a, b)), asyncio.ensure_future(_copy(b, a))]
+    try:
+        await asyncio.gather(*copies)
+    finally:  # one side failed: stop the other before the sockets close under it
+        for copy in copies:
+            copy.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
+
+
+async def _copy(source: socket.socket, sink: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    buffer = bytearray(256 * 1024)
+    view = memoryview(buffer)
+    try:
+        while count := await loop.sock_recv_into(source, buffer):
+            await loop.sock_sendall(sink, view[:count])
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def _streams() -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol]:
+    reader = asyncio.StreamReader(limit=sniff.MAX_HEAD * 4)
+    return reader, asyncio.StreamReaderProtocol(reader)
+
+
+async def _sandbox_stream(sock: socket.socket, tls: ssl.SSLContext | None = None) -> Stream:
+    """The accepted connection from the sandbox (TLS terminated here when ``tls``)."""
+    loop = asyncio.get_running_loop()
+    reader, protocol = _streams()
+    transport, _ = await asyncio.wait_for(
+        loop.connect_accepted_socket(lambda: protocol, sock, ssl=tls), CONNECT_TIMEOUT_S)
+    return Stream(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+
+
+async def _upstream_stream(sock: socket.socket, tls: ssl.SSLContext | None = None,
+                           server_hostname: str | None = None) -> Stream:
+    """The connection dialled upstream (verified TLS to ``server_hostname`` when ``tls``)."""
+    loop = asyncio.get_running_loop()
+    reader, protocol = _streams()
+    transport, _ = await asyncio.wait_for(
+        loop.create_connection(lambda: protocol, sock=sock, ssl=tls,
+                               server_hostname=server_hostname), CONNECT_TIMEOUT_S)
+    return Stream(reader, asyncio.StreamWriter(transport, protocol, reader, loop))

@@ -1,0 +1,67 @@
+"""A custom network policy through the API: created with the official SDK, enforced by
+the backend's runner, and its credentials never handed back.
+
+The backend is started with ``--egress-resolver`` and ``--egress-ca-file`` pointing at the
+test hosts (``tests/hosts``), as an operator would point it at a private resolver and PKI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.backend.helpers import TEMPLATE, http, sdk
+from tests.fixtures.backend import BackendServer, running_backend
+from tests.hosts import TestHosts
+from tests.support import require
+
+SECRET = "Bearer api-egress-secret-93ab"
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHosts]:
+    require(os.geteuid() == 0, "test hosts need root (network namespaces)")
+    test_hosts = TestHosts(tmp_path_factory.mktemp("api-hosts"))
+    try:
+        yield test_hosts.start()
+    finally:
+        test_hosts.close()
+
+
+@pytest.fixture(scope="module")
+def egress_backend(hosts: TestHosts) -> Iterator[BackendServer]:
+    with running_backend(["--egress-resolver", hosts.resolver,
+                          "--egress-ca-file", str(hosts.ca_file)]) as server:
+        yield server
+
+
+def test_custom_policy_with_transform_is_enforced_through_the_api(
+        egress_backend: BackendServer, hosts: TestHosts) -> None:
+    api_key = egress_backend.new_api_key()
+    with sdk(egress_backend, api_key) as leap0:
+        box = leap0.sandboxes.create(template_name=TEMPLATE, network_policy={
+            "mode": "custom",
+            "allow_domains": ["allowed.leap0.test"],
+            "transforms": [{"domain": "api.transform.leap0.test",
+                            "inject_headers": {"X-Api-Key": SECRET}}],
+        })
+        try:
+            def run(command: str) -> tuple[int, str]:
+                result = box.process.execute(command=command, timeout=30)
+                return result.exit_code, result.stdout.strip()
+
+            assert run("curl -sS -m 8 http://allowed.leap0.test/") == (
+                0, f"{hosts.address('allowed')} allowed.leap0.test")
+            assert run("curl -sS -m 8 http://forbidden.leap0.test/")[0] != 0
+            assert run(f"curl -sS -m 8 http://{hosts.address('forbidden')}/")[0] != 0
+            before = len(hosts.requests())
+            assert run("curl -sS -m 8 https://api.transform.leap0.test/")[0] == 0
+            assert dict(hosts.requests()[before]["headers"])["x-api-key"] == SECRET
+            with http(egress_backend, api_key) as raw:
+                body = raw.get(f"/v1/sandbox/{box.id}").text
+            assert SECRET.split()[1] not in body
+            assert "api-egress-secret" not in egress_backend.log()
+        finally:
+            leap0.sandboxes.delete(box.id)
