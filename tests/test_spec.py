@@ -353,3 +353,39 @@ def test_field_path() -> None:
     assert spec.field_path(("network_policy", "allow_domains", 0)) == (
         "network_policy.allow_domains[0]"
     )
+
+
+# --- Domain matching (what the egress filter and the DNS resolver both decide with) --------
+
+_labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+
+
+@given(_labels, st.lists(_labels, min_size=1, max_size=3), _labels)
+def test_wildcard_matches_strict_subdomains_only(sub: str, base: list[str], other: str) -> None:
+    domain = ".".join([*base, "test"])
+    pattern = f"*.{domain}"
+    assert spec.domain_matches(f"{sub}.{domain}", pattern)
+    assert spec.domain_matches(f"{other}.{sub}.{domain}", pattern)
+    assert spec.domain_matches(f"{sub}.{domain}.".upper(), pattern)  # as DNS may spell it
+    assert not spec.domain_matches(domain, pattern)
+    assert not spec.domain_matches(f"{sub}{domain}", pattern)  # no dot: another domain
+    assert not spec.domain_matches(f"{sub}.{domain}.evil", pattern)
+
+
+@given(_labels, _labels)
+def test_exact_domain_matches_itself_only(name: str, sub: str) -> None:
+    domain = f"{name}.test"
+    assert spec.domain_matches(domain, domain)
+    assert not spec.domain_matches(f"{sub}.{domain}", domain)
+
+
+def test_policy_allows_and_picks_the_most_specific_transform() -> None:
+    policy = spec.NetworkPolicy(mode="custom", allow_domains=["pypi.org"], transforms=[
+        {"domain": "*.example.com"}, {"domain": "api.example.com"}])
+    assert policy.allows("pypi.org") and policy.allows("x.example.com")
+    assert not policy.allows("files.pypi.org") and not policy.allows("example.com")
+    assert policy.transform_for("api.example.com").domain == "api.example.com"  # type: ignore[union-attr]
+    assert policy.transform_for("x.example.com").domain == "*.example.com"  # type: ignore[union-attr]
+    assert policy.transform_for("pypi.org") is None
+    assert spec.NetworkPolicy(mode="allow-all").allows("anything.test")
+    assert not spec.NetworkPolicy(mode="deny-all").allows("anything.test")
