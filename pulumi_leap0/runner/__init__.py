@@ -4,7 +4,8 @@ The backend drives sandboxes through ``Runner`` only (start, exec, freeze, thaw,
 destroy, recover, mount, unmount, the file helpers, capabilities). Module map:
 ``core`` the runner, ``cgroups`` limits and the freezer (v1 and v2), ``templates`` root
 file systems and defaults, ``files`` path-safe file access inside a sandbox,
-``network`` and ``mounts`` the hooks for egress policy and object-storage mounts,
+``network`` namespaces and egress policy (``egress`` the filter process of custom
+policies), ``mounts`` object-storage mounts,
 ``capabilities`` the report of what this host can guarantee.
 """
 
