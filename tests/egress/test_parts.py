@@ -184,3 +184,17 @@ def test_resolver_refuses_names_outside_the_policy_without_asking_anyone() -> No
     ipv6 = ask("allowed.test", "AAAA")
     assert ipv6.rcode() == dns.rcode.NOERROR and ipv6.answer == []
     assert ipv6.question[0].rdtype == dns.rdatatype.AAAA
+
+
+def test_the_filter_log_stops_at_its_budget() -> None:
+    import logging
+
+    from pulumi_leap0.runner.egress.__main__ import _Budget
+
+    budget = _Budget(1000)
+    records = [logging.LogRecord("leap0.egress", logging.INFO, __file__, 1,
+                                 "refused http connection to %s", (f"host{i}.test",), None)
+               for i in range(100)]
+    kept = [r for r in records if budget.filter(r)]
+    assert 5 < len(kept) < 30
+    assert kept[-1].getMessage() == "log budget spent: nothing more is logged"

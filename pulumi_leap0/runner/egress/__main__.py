@@ -28,6 +28,22 @@ from pulumi_leap0.runner.egress.resolve import AddressGuard, Resolver
 
 _CLONE_NEWNET = 0x40000000
 _NOBODY = 65534
+#: The log is on the host's disk and a sandbox decides how much it says: cap it.
+LOG_BUDGET_BYTES = 4 * 1024 * 1024
+
+
+class _Budget(logging.Filter):
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.left = budget
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= len(record.getMessage()) + 40
+        if self.left <= 0:
+            record.msg, record.args = "log budget spent: nothing more is logged", ()
+        return True
 
 
 def _setns(fd: int) -> None:
@@ -111,6 +127,8 @@ async def _serve(config: EgressConfig, policy: spec.NetworkPolicy,
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Budget(LOG_BUDGET_BYTES))
     config = EgressConfig.from_json(sys.stdin.read())
     policy = spec.NetworkPolicy.model_validate(config.policy)
     authority = None

@@ -5,6 +5,10 @@ HTTP Host), and refuse unless the policy allows it. An allowed name is dialled b
 the port the program asked for: the address it connected to is never used, so a raw IP, a
 spoofed ``/etc/hosts`` or a forged SNI leads to the named host or nowhere. Transform
 domains are served through ``http.relay``; everything else passes as an opaque tunnel.
+
+What this cannot serve by name: protocols where the server speaks first (SSH, SMTP,
+databases) carry no name to read, and UDP (QUIC) is dropped, so clients fall back to TCP.
+Such hosts belong in ``allow_cidrs``.
 """
 
 from __future__ import annotations
