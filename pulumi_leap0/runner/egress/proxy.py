@@ -14,11 +14,11 @@ Such hosts belong in ``allow_cidrs``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
 import struct
+from typing import cast
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.egress import sniff
@@ -57,6 +57,9 @@ class Proxy:
         upstream: socket.socket | None = None
         try:
             client.setblocking(False)
+            # Small writes must leave at once: with Nagle on, every request of a keep-alive
+            # connection waited for the peer's delayed ACK (~40 ms).
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             head = await _peek_head(client)
             kind = sniff.kind_of(head)
             name = (sniff.server_name(head) if kind == "tls"
@@ -71,13 +74,13 @@ class Proxy:
                 return
             rule = self._policy.transform_for(name)
             if rule is None:
-                log.info("tunnel %s %s:%s", kind, name, port)
+                log.debug("tunnel %s %s:%s", kind, name, port)
                 await _tunnel(client, upstream)
             else:
-                log.info("transform %s %s:%s", kind, name, port)
+                log.debug("transform %s %s:%s", kind, name, port)
                 await self._transform(client, upstream, name, kind, rule)
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-            log.info("connection ended: %s", type(exc).__name__)
+            log.debug("connection ended: %s", type(exc).__name__)
         except Exception:
             log.exception("connection failed")
         finally:
@@ -92,8 +95,8 @@ class Proxy:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, (address, port)),
-                                       CONNECT_TIMEOUT_S)
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await loop.sock_connect(sock, (address, port))
                 return sock
             except (TimeoutError, OSError):
                 sock.close()
@@ -119,15 +122,17 @@ class Proxy:
 
 async def _peek_head(sock: socket.socket) -> bytes:
     """The first bytes the program sent, still unread in the socket."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HEAD_TIMEOUT_S
-    while True:
-        await asyncio.wait_for(_readable(sock), max(0.0, deadline - loop.time()))
-        head = sock.recv(sniff.MAX_HEAD, socket.MSG_PEEK)
-        if not head or sniff.is_complete(head) or len(head) >= sniff.MAX_HEAD:
-            return head
-        # The rest of the head is on its way; peeking again at once would spin.
-        await asyncio.sleep(0.002)
+    async with asyncio.timeout(HEAD_TIMEOUT_S):
+        while True:
+            try:
+                head = sock.recv(sniff.MAX_HEAD, socket.MSG_PEEK)
+            except BlockingIOError:  # nothing yet: usually the request is already there
+                await _readable(sock)
+                continue
+            if not head or sniff.is_complete(head) or len(head) >= sniff.MAX_HEAD:
+                return head
+            # The rest of the head is on its way; peeking again at once would spin.
+            await asyncio.sleep(0.002)
 
 
 async def _readable(sock: socket.socket) -> None:
@@ -155,26 +160,75 @@ def _original_port(sock: socket.socket) -> int:
     return 0 if port == sock.getsockname()[1] else port
 
 
-async def _tunnel(a: socket.socket, b: socket.socket) -> None:
-    copies = [asyncio.ensure_future(_copy(a, b)), asyncio.ensure_future(_copy(b, a))]
-    try:
-        await asyncio.gather(*copies)
-    finally:  # one side failed: stop the other before the sockets close under it
-        for copy in copies:
-            copy.cancel()
-        await asyncio.gather(*copies, return_exceptions=True)
-
-
-async def _copy(source: socket.socket, sink: socket.socket) -> None:
+async def _tunnel(client: socket.socket, upstream: socket.socket) -> None:
+    """Relay bytes both ways until both sides are done. Transports and callbacks, not
+    coroutines: a tunnel carries most of the traffic, and a coroutine step per chunk cost
+    more than the relaying itself."""
     loop = asyncio.get_running_loop()
-    buffer = bytearray(256 * 1024)
-    view = memoryview(buffer)
-    try:
-        while count := await loop.sock_recv_into(source, buffer):
-            await loop.sock_sendall(sink, view[:count])
-    finally:
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
+    finished: asyncio.Future[None] = loop.create_future()
+    sandbox_side, upstream_side = _Relay(finished), _Relay(finished)
+    sandbox_side.peer, upstream_side.peer = upstream_side, sandbox_side
+    await loop.connect_accepted_socket(lambda: sandbox_side, client)
+    await loop.create_connection(lambda: upstream_side, sock=upstream)
+    await finished
+
+
+class _Relay(asyncio.Protocol):
+    """One side of a tunnel: what it receives is written to its peer at once; when the
+    peer cannot keep up, this side stops reading (and so does TCP, back to the sender)."""
+
+    def __init__(self, finished: asyncio.Future[None]) -> None:
+        self.finished = finished
+        self.peer: _Relay | None = None
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # arrived before the peer's transport existed
+        self.ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        assert self.peer is not None
+        if self.finished.done():  # the other side is already gone
+            self.transport.close()
+            return
+        for data in self.peer.pending:
+            self.transport.write(data)
+        self.peer.pending.clear()
+        if self.peer.ended and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None
+        if self.peer.transport is None:
+            self.pending.append(data)
+        else:
+            self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        assert self.peer is not None
+        if self.peer.transport is not None and self.peer.transport.can_write_eof():
+            self.peer.transport.write_eof()
+        if self.peer.ended:
+            self._close_both()
+        return True  # half-closed: the other direction may still be talking
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close_both()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def _close_both(self) -> None:
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None:
+                side.transport.close()
+        if not self.finished.done():
+            self.finished.set_result(None)
 
 
 def _streams() -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol]:
