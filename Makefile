@@ -3,7 +3,7 @@ PYTEST_ARGS ?=
 # What the reference backend needs from the system: bubblewrap (namespaces), fuse3 and
 # rclone (object-storage mounts), nftables and iproute2 (network policy), procps and psmisc
 # (the tests look for leftover processes).
-DEBIAN_PACKAGES = bubblewrap fuse3 rclone nftables iproute2 iptables procps psmisc \
+DEBIAN_PACKAGES = bubblewrap fuse3 rclone nftables iproute2 iptables procps psmisc curl \
 	ca-certificates
 
 .PHONY: deps install lint test demo schema bench
