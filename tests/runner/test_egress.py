@@ -255,6 +255,43 @@ def test_injected_value_leaves_no_trace_inside_or_on_the_host(
     assert on_host.stdout == ""  # not in the state, the log or the CA bundle
 
 
+def test_credential_goes_to_the_transform_host_whatever_address_or_host_header(
+        runner: Runner, box: str, hosts: TestHosts) -> None:
+    # Aim the TLS connection at the forbidden host and name it in the Host header: the
+    # filter dialled the SNI's host, so the credential reaches that host and no other.
+    before = len(hosts.requests())
+    code, out = curl(runner, box, "--resolve api.transform.leap0.test:443:"
+                     f"{hosts.address('forbidden')} -H 'Host: forbidden.leap0.test' "
+                     "https://api.transform.leap0.test/")
+    assert code == 0, out
+    seen = hosts.requests()[before:]
+    assert [r["ip"] for r in seen] == [hosts.address("transform")]
+    assert dict(seen[0]["headers"])["authorization"] == SECRET
+
+
+def test_even_an_allow_everything_cidr_reaches_neither_host_nor_other_sandboxes(
+        runner: Runner, sandboxes: Sandboxes, hosts: TestHosts) -> None:
+    import sys
+    import time
+
+    wide = sandboxes.start(network_policy=custom(hosts, allow_cidrs=["0.0.0.0/0"]))
+    other = sandboxes.start(network_policy=custom(hosts))
+    runner.exec(other, "python3 -m http.server 8091 >/dev/null 2>&1 &", timeout=5)
+    other_ip = runner.exec(other, "hostname -I").stdout.split()[0]
+    gateway = runner.exec(wide, "ip route show default").stdout.split()[2]
+    host_server = subprocess.Popen([sys.executable, "-m", "http.server", "8092", "--bind",
+                                    "0.0.0.0"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        assert curl(runner, wide, f"http://{hosts.address('forbidden')}/")[0] == 0  # allowed
+        assert curl(runner, wide, f"-m 3 http://{gateway}:8092/")[0] != 0
+        assert curl(runner, wide, f"-m 3 http://{other_ip}:8091/")[0] != 0
+    finally:
+        host_server.kill()
+        host_server.wait()
+
+
 # --- Lifecycle -----------------------------------------------------------------------------
 
 
