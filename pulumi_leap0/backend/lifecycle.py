@@ -327,6 +327,21 @@ class Lifecycle:
                 with contextlib.suppress(Exception):
                     await self._run(self.runner.stop, record.id)
                 self.store.set_state(record.id, S.STOPPED)
+        for record in records:
+            if record.id in alive and record.state not in (S.DELETING, S.STOPPING, S.STOPPED):
+                await self._reattach_mounts(record)
+
+    async def _reattach_mounts(self, record: SandboxRecord) -> None:
+        """rclone outlives a backend restart, but not every crash: serve the stored mounts."""
+        configs = [runtime.mount_config(m) for m in record.mounts]
+        try:
+            again = await self._run(self.runner.reconcile_mounts, record.id, configs)
+        except Exception:  # one sandbox's mounts must not stop the startup
+            log.exception("could not restore the mounts of sandbox %s", record.id)
+            return
+        if again:
+            log.info("sandbox %s: mounts served again after restart: %s", record.id,
+                     ", ".join(again))
 
     def start_reaper(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())

@@ -817,6 +817,19 @@ class Runner:
         with self._id_lock(box.id):
             mounts.detach(self._handle(box), mount_id)
 
+    def reconcile_mounts(self, sandbox_id: str, configs: Sequence[MountConfig]) -> list[str]:
+        """After a restart, serve exactly ``configs``: mounts not among them, or whose rclone
+        died meanwhile, are detached, and the missing ones attached again. Returns the ids
+        attached again."""
+        box = self._require(sandbox_id)
+        with self._id_lock(box.id):
+            handle = self._handle(box)
+            missing = mounts.reconcile(handle, [config.id for config in configs])
+            for config in configs:
+                if config.id in missing:
+                    mounts.attach(handle, config)
+            return missing
+
     # --- Files ----------------------------------------------------------------------------
 
     def _view(self, sandbox_id: str) -> files.SandboxView:

@@ -216,3 +216,38 @@ def test_mount_routes_api_side(backend: BackendServer, api_key: str, s3_endpoint
         else:
             assert refused.json()["errors"][0]["field"] == "mounts"
         assert raw.get("/v1/sandboxes").json()["total_items"] == 0
+
+
+def test_mounts_are_served_again_after_a_restart_even_if_rclone_died(
+    s3_endpoint: str, mounts_available: bool
+) -> None:
+    import json
+    import os
+    import signal
+
+    from tests.fixtures.backend import running_backend
+
+    require(_fuse_ready(), "FUSE mounts need /dev/fuse and rclone")
+    _require_mounts(mounts_available)
+    with running_backend() as own, http(own, own.new_api_key()) as raw:
+        created = raw.post("/v1/sandbox", json={
+            "template_name": TEMPLATE, "mounts": [_mount(s3_endpoint, "/mnt/docs",
+                                                         prefix="docs/")]})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["id"]
+
+        def read() -> str:
+            result = raw.post(f"/v1/sandbox/{sandbox_id}/process/execute",
+                              json={"command": "cat /mnt/docs/readme.txt"}).json()
+            return str(result["stdout"])
+
+        assert read() == "hello from s3\n"
+        own.restart()  # rclone outlives the backend
+        assert read() == "hello from s3\n"
+        records = list((own.data_dir / "sandboxes" / sandbox_id / "mounts").glob("*.json"))
+        assert len(records) == 1
+        os.kill(json.loads(records[0].read_text())["pid"], signal.SIGKILL)
+        assert read() != "hello from s3\n"  # the mount is dead now
+        own.restart()  # and the backend serves it again from its store
+        assert read() == "hello from s3\n"
+        assert raw.delete(f"/v1/sandbox/{sandbox_id}").status_code == 204
