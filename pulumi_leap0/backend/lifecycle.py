@@ -329,19 +329,22 @@ class Lifecycle:
                 self.store.set_state(record.id, S.STOPPED)
         for record in records:
             if record.id in alive and record.state not in (S.DELETING, S.STOPPING, S.STOPPED):
-                await self._reattach_mounts(record)
+                await self._restore_helpers(record)
 
-    async def _reattach_mounts(self, record: SandboxRecord) -> None:
-        """rclone outlives a backend restart, but not every crash: serve the stored mounts."""
+    async def _restore_helpers(self, record: SandboxRecord) -> None:
+        """A sandbox's host-side helpers (rclone per mount, the egress filter of a custom
+        policy) outlive a backend restart, but not every crash: start the dead ones again
+        from the store."""
         configs = [runtime.mount_config(m) for m in record.mounts]
         try:
             again = await self._run(self.runner.reconcile_mounts, record.id, configs)
-        except Exception:  # one sandbox's mounts must not stop the startup
-            log.exception("could not restore the mounts of sandbox %s", record.id)
-            return
-        if again:
-            log.info("sandbox %s: mounts served again after restart: %s", record.id,
-                     ", ".join(again))
+            if again:
+                log.info("sandbox %s: mounts served again: %s", record.id, ", ".join(again))
+            if record.network_policy is not None and await self._run(
+                    self.runner.reconcile_network, record.id, record.network_policy):
+                log.info("sandbox %s: egress filter started again", record.id)
+        except Exception:  # one sandbox's helpers must not stop the startup
+            log.exception("could not restore the helpers of sandbox %s", record.id)
 
     def start_reaper(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())

@@ -805,6 +805,17 @@ class Runner:
                 self.stop(sandbox_id)
         return alive
 
+    def reconcile_network(self, sandbox_id: str, policy: Any) -> bool:
+        """After a restart: start the egress filter of a custom-policy sandbox again if it
+        died (``policy`` is the sandbox's, header values included). Returns whether it had
+        to."""
+        box = self._require(sandbox_id)
+        if not self._netns:
+            return False
+        with self._id_lock(box.id):
+            return network.ensure_filter(box.id, policy, self._dir(box.id), scope=self.scope,
+                                         egress=self.egress, bind_dir=self._rt(box.id))
+
     # --- Mounts ---------------------------------------------------------------------------
 
     def mount(self, sandbox_id: str, mount: MountConfig) -> None:

@@ -20,6 +20,8 @@ everything behind it):
     bundle's path), and host files to bind read-only into the sandbox as
     ``(host_path, sandbox_path)``. On failure raises ``RunnerError`` after undoing what it
     made.
+``ensure_filter(sandbox_id, policy, state_dir, *, scope, egress, bind_dir) -> bool``
+    Called after a restart: a custom-policy sandbox whose egress filter died gets a new one.
 ``teardown(sandbox_id, *, scope, state_dir)``
     Called by stop/destroy/recover after every sandbox process is dead. Idempotent.
 ``list_netns(scope) -> list[str]``
@@ -249,20 +251,51 @@ def _filter(name: str, path: Path, policy: Any, state_dir: Path, bind_dir: Path,
                           timeout=30)
     if done.returncode != 0:
         raise RunnerError(f"could not install the egress rules: {done.stderr.strip()}")
+    config = _filter_config(path, policy, bind_dir, egress)
+    _start_filter(config, state_dir)
+    if config.ca_bundle_path is None:
+        return NetworkHandle(netns_name=name, netns_path=path)
+    bundle = Path(config.ca_bundle_path)
+    return NetworkHandle(
+        netns_name=name, netns_path=path,
+        extra_env={key: TRUST_BUNDLE for key in TRUST_ENV},
+        extra_ro_binds=[(bundle, TRUST_BUNDLE), (bundle, SYSTEM_BUNDLE)])
+
+
+def _filter_config(path: Path, policy: Any, bind_dir: Path,
+                   egress: EgressSettings) -> EgressConfig:
     bundle = bind_dir / "egress-ca.crt" if policy.transforms else None
-    config = EgressConfig(
+    return EgressConfig(
         netns_path=str(path), policy=policy.model_dump(mode="json"),
         resolver=egress.resolver,
         upstream_ca_file=str(egress.upstream_ca_file) if egress.upstream_ca_file else None,
         forbidden_cidrs=[str(SANDBOX_NET)],
         ca_bundle_path=str(bundle) if bundle else None, system_ca_file=SYSTEM_BUNDLE)
-    _start_filter(config, state_dir)
-    if bundle is None:
-        return NetworkHandle(netns_name=name, netns_path=path)
-    return NetworkHandle(
-        netns_name=name, netns_path=path,
-        extra_env={key: TRUST_BUNDLE for key in TRUST_ENV},
-        extra_ro_binds=[(bundle, TRUST_BUNDLE), (bundle, SYSTEM_BUNDLE)])
+
+
+def ensure_filter(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
+                  egress: EgressSettings | None = None, bind_dir: Path | None = None) -> bool:
+    """Start a custom-policy sandbox's egress filter again if it died, and say whether it
+    had to. Without its filter such a sandbox is cut off (the rules stay), not unfiltered.
+    A new filter has a new CA; it rewrites the bundle in place, which the sandbox sees."""
+    if _mode(policy) != "custom" or _filter_alive(state_dir):
+        return False
+    path = NETNS_DIR / netns_name(sandbox_id, scope)
+    if not path.exists():
+        raise RunnerError("the sandbox has no network namespace to filter")
+    _stop_filter(state_dir)  # forget the dead filter's record
+    _start_filter(_filter_config(path, policy, bind_dir or state_dir,
+                                 egress or EgressSettings()), state_dir)
+    return True
+
+
+def _filter_alive(state_dir: Path) -> bool:
+    try:
+        record = json.loads((state_dir / "egress.json").read_text())
+    except (OSError, ValueError):
+        return False
+    started: int | None = record.get("start_time")
+    return started is not None and sysutil.process_start_time(int(record["pid"])) == started
 
 
 def _start_filter(config: EgressConfig, state_dir: Path) -> None:

@@ -65,3 +65,32 @@ def test_custom_policy_with_transform_is_enforced_through_the_api(
             assert "api-egress-secret" not in egress_backend.log()
         finally:
             leap0.sandboxes.delete(box.id)
+
+
+def test_a_restart_starts_a_dead_filter_again(
+        egress_backend: BackendServer, hosts: TestHosts) -> None:
+    import json
+    import signal
+
+    api_key = egress_backend.new_api_key()
+    with http(egress_backend, api_key) as raw:
+        created = raw.post("/v1/sandbox", json={"template_name": TEMPLATE, "network_policy": {
+            "mode": "custom", "allow_domains": ["allowed.leap0.test"]}})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["id"]
+
+        def curl(url: str) -> int:
+            result = raw.post(f"/v1/sandbox/{sandbox_id}/process/execute",
+                              json={"command": f"curl -sS -m 3 {url}", "timeout": 20})
+            return int(result.json()["exit_code"])
+
+        try:
+            assert curl("http://allowed.leap0.test/") == 0
+            record = egress_backend.data_dir / "sandboxes" / sandbox_id / "egress.json"
+            os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)
+            assert curl("http://allowed.leap0.test/") != 0  # cut off, not unfiltered
+            egress_backend.restart()
+            assert curl("http://allowed.leap0.test/") == 0
+            assert curl(f"http://{hosts.address('forbidden')}/") != 0
+        finally:
+            raw.delete(f"/v1/sandbox/{sandbox_id}")

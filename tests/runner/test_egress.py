@@ -384,3 +384,22 @@ print("searched")
 def dns_query(server: str, name: str, port: int | str = 53) -> str:
     """A raw DNS query for ``name`` to ``server``, bypassing /etc/resolv.conf."""
     return DNS.format(server=server, name=name, port=port)
+
+
+def test_a_dead_filter_cuts_the_sandbox_off_until_it_is_started_again(
+        runner: Runner, sandboxes: Sandboxes, hosts: TestHosts) -> None:
+    import os
+    import signal
+
+    policy = custom(hosts)
+    sandbox_id = sandboxes.start(network_policy=policy)
+    assert runner.reconcile_network(sandbox_id, policy) is False  # alive: nothing to do
+    os.kill(_filter_pid(runner, sandbox_id), signal.SIGKILL)
+    # Fail closed: the rules stay, so the traffic has nowhere to go.
+    assert curl(runner, sandbox_id, "-m 3 http://allowed.leap0.test/")[0] != 0
+    assert curl(runner, sandbox_id, f"-m 3 http://{hosts.address('forbidden')}/")[0] != 0
+    assert runner.reconcile_network(sandbox_id, policy) is True
+    assert curl(runner, sandbox_id, "http://allowed.leap0.test/")[0] == 0
+    # The new filter's CA replaced the old one in the bundle the sandbox already trusts.
+    assert curl(runner, sandbox_id, "https://api.transform.leap0.test/")[0] == 0
+    assert curl(runner, sandbox_id, f"-m 3 http://{hosts.address('forbidden')}/")[0] != 0
