@@ -15,19 +15,8 @@ import pytest
 from tests.backend.helpers import TEMPLATE, http, sdk
 from tests.fixtures.backend import BackendServer, running_backend
 from tests.hosts import TestHosts
-from tests.support import require
 
 SECRET = "Bearer api-egress-secret-93ab"
-
-
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHosts]:
-    require(os.geteuid() == 0, "test hosts need root (network namespaces)")
-    test_hosts = TestHosts(tmp_path_factory.mktemp("api-hosts"))
-    try:
-        yield test_hosts.start()
-    finally:
-        test_hosts.close()
 
 
 @pytest.fixture(scope="module")

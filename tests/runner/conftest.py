@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,6 +78,25 @@ def sandboxes(runner: Runner) -> Iterator[Sandboxes]:
         yield boxes
     finally:
         boxes.cleanup()
+
+
+@contextmanager
+def neighbours(runner: Runner, attacker: str, victim: str) -> Iterator[tuple[str, str]]:
+    """Servers ``attacker`` must not reach: one in sandbox ``victim`` (port 8081) and one on
+    the host (port 8082, every address). Yields the victim's address and the attacker's
+    gateway, which is the host as seen from inside."""
+    runner.exec(victim, "python3 -m http.server 8081 >/dev/null 2>&1 &", timeout=5)
+    victim_ip = runner.exec(victim, "hostname -I").stdout.split()[0]
+    gateway = runner.exec(attacker, "ip route show default").stdout.split()[2]
+    host_server = subprocess.Popen([sys.executable, "-m", "http.server", "8082", "--bind",
+                                    "0.0.0.0"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        yield victim_ip, gateway
+    finally:
+        host_server.kill()
+        host_server.wait()
 
 
 def leftovers(runner: Runner, sandbox_id: str) -> list[str]:

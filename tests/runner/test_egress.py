@@ -20,18 +20,16 @@ from pulumi_leap0 import spec
 from pulumi_leap0.runner import Runner, SandboxConfig, sysutil
 from pulumi_leap0.runner.network import EgressSettings
 from tests.hosts import TestHosts
-from tests.runner.conftest import TEMPLATE, Sandboxes, leftovers, new_id, require_capability
+from tests.runner.conftest import (
+    TEMPLATE,
+    Sandboxes,
+    leftovers,
+    neighbours,
+    new_id,
+    require_capability,
+)
 
 SECRET = "Bearer leap0-test-secret-6f1c"
-
-
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHosts]:
-    test_hosts = TestHosts(tmp_path_factory.mktemp("hosts"))
-    try:
-        yield test_hosts.start()
-    finally:
-        test_hosts.close()
 
 
 @pytest.fixture(scope="module")
@@ -271,25 +269,12 @@ def test_credential_goes_to_the_transform_host_whatever_address_or_host_header(
 
 def test_even_an_allow_everything_cidr_reaches_neither_host_nor_other_sandboxes(
         runner: Runner, sandboxes: Sandboxes, hosts: TestHosts) -> None:
-    import sys
-    import time
-
     wide = sandboxes.start(network_policy=custom(hosts, allow_cidrs=["0.0.0.0/0"]))
     other = sandboxes.start(network_policy=custom(hosts))
-    runner.exec(other, "python3 -m http.server 8091 >/dev/null 2>&1 &", timeout=5)
-    other_ip = runner.exec(other, "hostname -I").stdout.split()[0]
-    gateway = runner.exec(wide, "ip route show default").stdout.split()[2]
-    host_server = subprocess.Popen([sys.executable, "-m", "http.server", "8092", "--bind",
-                                    "0.0.0.0"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    with neighbours(runner, attacker=wide, victim=other) as (other_ip, gateway):
         assert curl(runner, wide, f"http://{hosts.address('forbidden')}/")[0] == 0  # allowed
-        assert curl(runner, wide, f"-m 3 http://{gateway}:8092/")[0] != 0
-        assert curl(runner, wide, f"-m 3 http://{other_ip}:8091/")[0] != 0
-    finally:
-        host_server.kill()
-        host_server.wait()
+        assert curl(runner, wide, f"-m 3 http://{gateway}:8082/")[0] != 0
+        assert curl(runner, wide, f"-m 3 http://{other_ip}:8081/")[0] != 0
 
 
 # --- Lifecycle -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner import Runner, network
-from tests.runner.conftest import Sandboxes, leftovers, require_capability
+from tests.runner.conftest import Sandboxes, leftovers, neighbours, require_capability
 
 # Probes run with the sandbox's python3 (the default template is the host's /usr).
 CONNECT = textwrap.dedent("""
@@ -128,20 +128,10 @@ def test_sandboxes_reach_neither_each_other_nor_the_host(
 ) -> None:
     first = sandboxes.start(network_policy=policy("allow-all"))
     second = sandboxes.start(network_policy=policy("allow-all"))
-    runner.exec(second, "python3 -m http.server 8081 >/dev/null 2>&1 &", timeout=5)
-    second_ip = runner.exec(second, "hostname -I").stdout.split()[0]
-    gateway = runner.exec(first, "ip route show default").stdout.split()[2]
-    host_server = subprocess.Popen([sys.executable, "-m", "http.server", "8082", "--bind",
-                                    "0.0.0.0"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    with neighbours(runner, attacker=first, victim=second) as (second_ip, gateway):
         assert probe(runner, second, "tcp", "127.0.0.1", 8081).startswith("HTTP")
         assert probe(runner, first, "tcp", second_ip, 8081).startswith("blocked")
         assert probe(runner, first, "tcp", gateway, 8082).startswith("blocked")
-    finally:
-        host_server.kill()
-        host_server.wait()
 
 
 def test_destroy_removes_the_veth(runner: Runner, sandboxes: Sandboxes) -> None:
