@@ -77,6 +77,40 @@ def curl(runner: Runner, sandbox_id: str, args: str) -> tuple[int, str]:
     return sh(runner, sandbox_id, f"curl -sS -m 8 --noproxy '*' {args}")
 
 
+# Probes run with the sandbox's python3.
+UDP = ("python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+       "s.settimeout(3); s.sendto(b'ping', ('{host}', 5353)); print(s.recv(10).decode())\"")
+DNS = ("python3 -c \"import socket, struct; q = struct.pack('!6H', 7, 256, 1, 0, 0, 0) + "
+       "b''.join(bytes([len(p)]) + p.encode() for p in '{name}'.split('.')) + b'\\0' + "
+       "struct.pack('!2H', 1, 1); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+       "s.settimeout(3); s.sendto(q, ('{server}', {port})); "
+       "print('rcode', s.recv(512)[3] & 15)\"")
+
+
+HUNT = """
+import os
+needle = "{reversed_needle}"[::-1].encode()
+places = [f"/proc/{{p}}/{{f}}" for p in os.listdir("/proc") if p.isdigit()
+          for f in ("environ", "cmdline")] + ["/proc/mounts"]
+for top in ("/etc", "/run", "/tmp", "/var/tmp", "/dev/shm", os.environ["HOME"]):
+    for root, _, files in os.walk(top):
+        places += [os.path.join(root, f) for f in files]
+for place in places:
+    try:
+        with open(place, "rb") as fh:
+            if needle in fh.read():
+                print("found in", place)
+    except OSError:
+        pass
+print("searched")
+"""
+
+
+def dns_query(server: str, name: str, port: int | str = 53) -> str:
+    """A raw DNS query for ``name`` to ``server``, bypassing /etc/resolv.conf."""
+    return DNS.format(server=server, name=name, port=port)
+
+
 # --- Reachable: allowed names, wildcards, CIDRs --------------------------------------------
 
 
@@ -335,40 +369,6 @@ def test_a_filter_that_cannot_start_fails_the_start_and_leaves_nothing(
                                    network_policy=custom(hosts)))
     runner.destroy(sandbox_id)
     assert leftovers(runner, sandbox_id) == []
-
-
-# Probes run with the sandbox's python3.
-UDP = ("python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-       "s.settimeout(3); s.sendto(b'ping', ('{host}', 5353)); print(s.recv(10).decode())\"")
-DNS = ("python3 -c \"import socket, struct; q = struct.pack('!6H', 7, 256, 1, 0, 0, 0) + "
-       "b''.join(bytes([len(p)]) + p.encode() for p in '{name}'.split('.')) + b'\\0' + "
-       "struct.pack('!2H', 1, 1); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-       "s.settimeout(3); s.sendto(q, ('{server}', {port})); "
-       "print('rcode', s.recv(512)[3] & 15)\"")
-
-
-HUNT = """
-import os
-needle = "{reversed_needle}"[::-1].encode()
-places = [f"/proc/{{p}}/{{f}}" for p in os.listdir("/proc") if p.isdigit()
-          for f in ("environ", "cmdline")] + ["/proc/mounts"]
-for top in ("/etc", "/run", "/tmp", "/var/tmp", "/dev/shm", os.environ["HOME"]):
-    for root, _, files in os.walk(top):
-        places += [os.path.join(root, f) for f in files]
-for place in places:
-    try:
-        with open(place, "rb") as fh:
-            if needle in fh.read():
-                print("found in", place)
-    except OSError:
-        pass
-print("searched")
-"""
-
-
-def dns_query(server: str, name: str, port: int | str = 53) -> str:
-    """A raw DNS query for ``name`` to ``server``, bypassing /etc/resolv.conf."""
-    return DNS.format(server=server, name=name, port=port)
 
 
 def test_a_dead_filter_cuts_the_sandbox_off_until_it_is_started_again(
