@@ -169,7 +169,7 @@ EnvValue = Annotated[str, AfterValidator(_env_value)]
 
 class _Model(BaseModel):
     # Unknown fields are ignored, as the API does; the models are values, not builders.
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     def wire(self) -> dict[str, Any]:
         """The JSON body for the API: unset optional fields left out."""

@@ -9,34 +9,47 @@ policies), ``mounts`` object-storage mounts,
 ``capabilities`` the report of what this host can guarantee.
 """
 
-from pulumi_leap0.runner.capabilities import Capabilities
-from pulumi_leap0.runner.cgroups import Cgroups, Limits
-from pulumi_leap0.runner.core import (
-    DEFAULT_EXEC_TIMEOUT_S,
-    EXIT_TIMED_OUT,
-    SANDBOX_HOST_UID_BASE,
-    Runner,
-    short_hash,
-)
-from pulumi_leap0.runner.errors import (
-    RunnerError,
-    SandboxFrozenError,
-    SandboxNotFoundError,
-    SandboxNotRunningError,
-)
-from pulumi_leap0.runner.templates import (
-    DEFAULT_DISK_MIB,
-    DEFAULT_TEMPLATE,
-    Template,
-    TemplateRegistry,
-)
-from pulumi_leap0.runner.types import (
-    ExecResult,
-    FileInfo,
-    MountConfig,
-    SandboxConfig,
-    SandboxStats,
-)
+# Loaded on first use: the egress filter (``runner.egress``), a process of its own per
+# sandbox, imports this package too and should not pay for the rest of the runner.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pulumi_leap0.runner.capabilities import (
+        Capabilities,
+    )
+    from pulumi_leap0.runner.cgroups import (
+        Cgroups,
+        Limits,
+    )
+    from pulumi_leap0.runner.core import (
+        DEFAULT_EXEC_TIMEOUT_S,
+        EXIT_TIMED_OUT,
+        SANDBOX_HOST_UID_BASE,
+        Runner,
+        short_hash,
+    )
+    from pulumi_leap0.runner.errors import (
+        RunnerError,
+        SandboxFrozenError,
+        SandboxNotFoundError,
+        SandboxNotRunningError,
+    )
+    from pulumi_leap0.runner.templates import (
+        DEFAULT_DISK_MIB,
+        DEFAULT_TEMPLATE,
+        Template,
+        TemplateRegistry,
+    )
+    from pulumi_leap0.runner.types import (
+        ExecResult,
+        FileInfo,
+        MountConfig,
+        SandboxConfig,
+        SandboxStats,
+    )
 
 __all__ = [
     "DEFAULT_DISK_MIB",
@@ -61,3 +74,33 @@ __all__ = [
     "TemplateRegistry",
     "short_hash",
 ]
+
+_LAZY = {
+    "Capabilities": "pulumi_leap0.runner.capabilities",
+    "Cgroups": "pulumi_leap0.runner.cgroups",
+    "Limits": "pulumi_leap0.runner.cgroups",
+    "DEFAULT_EXEC_TIMEOUT_S": "pulumi_leap0.runner.core",
+    "EXIT_TIMED_OUT": "pulumi_leap0.runner.core",
+    "SANDBOX_HOST_UID_BASE": "pulumi_leap0.runner.core",
+    "Runner": "pulumi_leap0.runner.core",
+    "short_hash": "pulumi_leap0.runner.core",
+    "RunnerError": "pulumi_leap0.runner.errors",
+    "SandboxFrozenError": "pulumi_leap0.runner.errors",
+    "SandboxNotFoundError": "pulumi_leap0.runner.errors",
+    "SandboxNotRunningError": "pulumi_leap0.runner.errors",
+    "DEFAULT_DISK_MIB": "pulumi_leap0.runner.templates",
+    "DEFAULT_TEMPLATE": "pulumi_leap0.runner.templates",
+    "Template": "pulumi_leap0.runner.templates",
+    "TemplateRegistry": "pulumi_leap0.runner.templates",
+    "ExecResult": "pulumi_leap0.runner.types",
+    "FileInfo": "pulumi_leap0.runner.types",
+    "MountConfig": "pulumi_leap0.runner.types",
+    "SandboxConfig": "pulumi_leap0.runner.types",
+    "SandboxStats": "pulumi_leap0.runner.types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pulumi_leap0.runner' has no attribute {name!r}")

@@ -18,13 +18,16 @@ import socket
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, READY, EgressConfig
-from pulumi_leap0.runner.egress.authority import CertificateAuthority
 from pulumi_leap0.runner.egress.dns import DnsResponder
 from pulumi_leap0.runner.egress.proxy import Proxy
 from pulumi_leap0.runner.egress.resolve import AddressGuard, Resolver
+
+if TYPE_CHECKING:
+    from pulumi_leap0.runner.egress.authority import CertificateAuthority
 
 _CLONE_NEWNET = 0x40000000
 _NOBODY = 65534
@@ -132,7 +135,9 @@ def main() -> int:
     config = EgressConfig.from_json(sys.stdin.read())
     policy = spec.NetworkPolicy.model_validate(config.policy)
     authority = None
-    if policy.transforms:
+    if policy.transforms:  # cryptography costs ~40 ms to import: only when needed
+        from pulumi_leap0.runner.egress.authority import CertificateAuthority
+
         authority = CertificateAuthority(t.domain for t in policy.transforms)
         _write_bundle(config, authority)
     upstream_tls = _upstream_context(config.upstream_ca_file)

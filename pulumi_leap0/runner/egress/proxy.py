@@ -18,13 +18,15 @@ import logging
 import socket
 import ssl
 import struct
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.egress import sniff
-from pulumi_leap0.runner.egress.authority import CertificateAuthority
 from pulumi_leap0.runner.egress.http import Stream, relay
 from pulumi_leap0.runner.egress.resolve import Resolver
+
+if TYPE_CHECKING:  # cryptography is imported only by filters that terminate TLS
+    from pulumi_leap0.runner.egress.authority import CertificateAuthority
 
 log = logging.getLogger("leap0.egress")
 
