@@ -125,6 +125,29 @@ def test_allowed_domain_is_reached_by_name_over_http_and_https(
         0, f"{allowed} allowed.leap0.test")
 
 
+def test_tunnel_carries_large_bodies_keep_alive_and_half_close(
+        runner: Runner, box: str, hosts: TestHosts) -> None:
+    script = textwrap.dedent("""
+        import http.client, socket
+        c = http.client.HTTPConnection("allowed.leap0.test")
+        for size in (5_000_000, 3):
+            c.request("POST", "/", body=b"x" * size)
+            r = c.getresponse(); print(r.status, r.read().decode().split()[1])
+        s = socket.create_connection(("allowed.leap0.test", 80))
+        s.sendall(b"GET / HTTP/1.0\\r\\nHost: allowed.leap0.test\\r\\n\\r\\n")
+        s.shutdown(socket.SHUT_WR)  # half-closed: the answer must still come back
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        print(answer.split(b" ")[1].decode())
+    """)
+    before = len(hosts.requests())
+    runner.write_file(box, "/tmp/tunnel.py", script.encode())
+    assert sh(runner, box, "python3 /tmp/tunnel.py") == (
+        0, "200 allowed.leap0.test\n200 allowed.leap0.test\n200")
+    assert [r["body_bytes"] for r in hosts.requests()[before:]] == [5_000_000, 3, 0]
+
+
 def test_wildcard_allows_subdomains_but_not_the_domain_itself(
         runner: Runner, box: str, hosts: TestHosts) -> None:
     wild = hosts.address("wild")

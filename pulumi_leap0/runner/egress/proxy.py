@@ -14,6 +14,7 @@ Such hosts belong in ``allow_cidrs``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -83,7 +84,7 @@ class Proxy:
                 await self._transform(client, upstream, name, kind, rule)
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.debug("connection ended: %s", type(exc).__name__)
-        except Exception:
+        except Exception:  # one bad connection must not stop the filter
             log.exception("connection failed")
         finally:
             client.close()
@@ -120,6 +121,9 @@ class Proxy:
         finally:
             for stream in (sandbox, server):
                 stream.writer.close()
+            for stream in (sandbox, server):  # closed for good before the sockets are
+                with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
+                    await stream.writer.wait_closed()
 
 
 async def _peek_head(sock: socket.socket) -> bytes:
@@ -167,20 +171,29 @@ async def _tunnel(client: socket.socket, upstream: socket.socket) -> None:
     coroutines: a tunnel carries most of the traffic, and a coroutine step per chunk cost
     more than the relaying itself."""
     loop = asyncio.get_running_loop()
-    finished: asyncio.Future[None] = loop.create_future()
-    sandbox_side, upstream_side = _Relay(finished), _Relay(finished)
+    sandbox_side, upstream_side = _Relay(loop), _Relay(loop)
     sandbox_side.peer, upstream_side.peer = upstream_side, sandbox_side
-    await loop.connect_accepted_socket(lambda: sandbox_side, client)
-    await loop.create_connection(lambda: upstream_side, sock=upstream)
-    await finished
+    try:
+        await loop.connect_accepted_socket(lambda: sandbox_side, client)
+        await loop.create_connection(lambda: upstream_side, sock=upstream)
+    except BaseException:
+        sandbox_side.close()
+        raise
+    finally:
+        # The transports own the sockets now: return only once each has let go of its
+        # socket, or the caller's close could pull a descriptor from under a transport
+        # still flushing, and a new connection could inherit its number.
+        for side in (sandbox_side, upstream_side):
+            if side.transport is not None:
+                await side.closed
 
 
 class _Relay(asyncio.Protocol):
     """One side of a tunnel: what it receives is written to its peer at once; when the
     peer cannot keep up, this side stops reading (and so does TCP, back to the sender)."""
 
-    def __init__(self, finished: asyncio.Future[None]) -> None:
-        self.finished = finished
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.closed: asyncio.Future[None] = loop.create_future()
         self.peer: _Relay | None = None
         self.transport: asyncio.Transport | None = None
         self.pending: list[bytes] = []  # arrived before the peer's transport existed
@@ -189,7 +202,7 @@ class _Relay(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         assert self.peer is not None
-        if self.finished.done():  # the other side is already gone
+        if self.peer.closed.done():  # the other side is already gone
             self.transport.close()
             return
         for data in self.peer.pending:
@@ -211,11 +224,15 @@ class _Relay(asyncio.Protocol):
         if self.peer.transport is not None and self.peer.transport.can_write_eof():
             self.peer.transport.write_eof()
         if self.peer.ended:
-            self._close_both()
+            self.close()
+            self.peer.close()
         return True  # half-closed: the other direction may still be talking
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._close_both()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.peer is not None:
+            self.peer.close()
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -225,12 +242,9 @@ class _Relay(asyncio.Protocol):
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.resume_reading()
 
-    def _close_both(self) -> None:
-        for side in (self, self.peer):
-            if side is not None and side.transport is not None:
-                side.transport.close()
-        if not self.finished.done():
-            self.finished.set_result(None)
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _streams() -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol]:
