@@ -52,7 +52,8 @@ import os
 import select
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -300,13 +301,9 @@ def _filter_alive(state_dir: Path) -> bool:
 
 def _start_filter(config: EgressConfig, state_dir: Path) -> None:
     log_path = state_dir / "egress.log"
-    with open(log_path, "ab") as log_file:
-        os.chmod(log_path, 0o600)
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-m", "pulumi_leap0.runner.egress"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd="/",
-            env=_HOST_ENV, start_new_session=True,  # outlives the backend, like the sandbox
-        )
+    log_path.touch(mode=0o600)
+    config = replace(config, log_path=str(log_path))
+    process = _take_filter()
     _filters[process.pid] = process
     assert process.stdin is not None and process.stdout is not None
     (state_dir / "egress.json").write_text(json.dumps(
@@ -323,6 +320,31 @@ def _start_filter(config: EgressConfig, state_dir: Path) -> None:
         _stop_filter(state_dir)
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
         raise RunnerError("the egress filter did not start" + (f": {tail[0]}" if tail else ""))
+
+
+_spare_lock = threading.Lock()
+_spare: subprocess.Popen[bytes] | None = None
+
+
+def _take_filter() -> subprocess.Popen[bytes]:
+    """A filter process with its imports done, waiting for its config on stdin.
+
+    Starting the interpreter and importing take ~0.4 s, most of a custom sandbox's start,
+    so once a runner has used one filter it keeps the next one ready. An unused spare ends
+    by itself when this process does (its stdin closes)."""
+    global _spare
+    with _spare_lock:
+        process = _spare if _spare is not None and _spare.poll() is None else _spawn_filter()
+        _spare = _spawn_filter()
+    return process
+
+
+def _spawn_filter() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-I", "-m", "pulumi_leap0.runner.egress"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
+        env=_HOST_ENV, start_new_session=True,  # outlives the backend, like the sandbox
+    )
 
 
 # Filters started by this process, so they are reaped (not left as zombies) when stopped.

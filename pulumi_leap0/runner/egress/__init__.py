@@ -53,6 +53,7 @@ class EgressConfig:
     forbidden_cidrs: list[str] = field(default_factory=list)  # never dialled (sandbox nets)
     ca_bundle_path: str | None = None  # where to write the sandbox's trust bundle
     system_ca_file: str | None = None  # the host's bundle, copied into the sandbox's
+    log_path: str | None = None  # where the filter logs (host side); None: its stderr
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -1,8 +1,9 @@
 """Start-up of the egress filter: ``python -m pulumi_leap0.runner.egress`` (config on stdin).
 
-Order matters: read the config, make the CA and write the sandbox's trust bundle, bind the
-two sockets inside the sandbox's network namespace, come back to the host's, drop to
-``nobody``, say ``ready`` on stdout, serve until killed. The runner starts the sandbox only
+Order matters: import everything, read the config (the runner may keep a spare process
+waiting here), make the CA and write the sandbox's trust bundle, bind the two sockets
+inside the sandbox's network namespace, come back to the host's, drop to ``nobody``, say
+``ready`` on stdout, serve until killed. The runner starts the sandbox only
 after ``ready``, so no program of the sandbox ever runs unfiltered.
 """
 
@@ -18,16 +19,13 @@ import socket
 import ssl
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, READY, EgressConfig
+from pulumi_leap0.runner.egress.authority import CertificateAuthority
 from pulumi_leap0.runner.egress.dns import DnsResponder
 from pulumi_leap0.runner.egress.proxy import Proxy
 from pulumi_leap0.runner.egress.resolve import AddressGuard, Resolver
-
-if TYPE_CHECKING:
-    from pulumi_leap0.runner.egress.authority import CertificateAuthority
 
 _CLONE_NEWNET = 0x40000000
 _NOBODY = 65534
@@ -99,10 +97,8 @@ def _drop_privileges() -> None:
         os.setresuid(_NOBODY, _NOBODY, _NOBODY)
 
 
-def _upstream_context(extra_ca: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if extra_ca:
-        context.load_verify_locations(extra_ca)
+def _upstream_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()  # the system's trust store: tens of ms to load
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -132,17 +128,24 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Budget(LOG_BUDGET_BYTES))
+    _preload()
+    spec.NetworkPolicy.model_validate({"mode": "deny-all"})  # builds its validator now
+    upstream_tls = _upstream_context()
+    # The runner may start this process before it has a sandbox for it (a spare, see
+    # network._take_filter): everything above is done while it waits here.
     config = EgressConfig.from_json(sys.stdin.read())
+    if config.log_path:
+        log_fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log_fd, sys.stderr.fileno())
+        os.close(log_fd)
     policy = spec.NetworkPolicy.model_validate(config.policy)
     authority = None
-    if policy.transforms:  # cryptography costs ~40 ms to import: only when needed
-        from pulumi_leap0.runner.egress.authority import CertificateAuthority
-
+    if policy.transforms:
         authority = CertificateAuthority(t.domain for t in policy.transforms)
         _write_bundle(config, authority)
-    upstream_tls = _upstream_context(config.upstream_ca_file)
+    if config.upstream_ca_file:
+        upstream_tls.load_verify_locations(config.upstream_ca_file)
     listener, dns_socket = bind_in(config.netns_path)
-    _preload()
     _drop_privileges()
     print(READY, flush=True)
     serving = _serve(config, policy, authority, upstream_tls, listener, dns_socket)
