@@ -221,6 +221,36 @@ def test_the_filter_port_itself_applies_the_same_policy(
     assert code != 0 or out.startswith(hosts.address("allowed")), out
 
 
+def test_stalled_heads_cost_the_filter_little_and_slow_heads_still_pass(
+        runner: Runner, box: str, hosts: TestHosts) -> None:
+    script = textwrap.dedent("""
+        import socket, time
+        stalled = []
+        for _ in range(200):  # half a request each, then nothing
+            s = socket.create_connection(("allowed.leap0.test", 80))
+            s.sendall(b"GET / HTTP/1.1\\r\\nHost: allowed.leap0.test\\r\\n")
+            stalled.append(s)
+        slow = socket.create_connection(("allowed.leap0.test", 80))
+        slow.sendall(b"GET / HTTP/1.1\\r\\nHost: allowed.le")
+        time.sleep(0.5)
+        slow.sendall(b"ap0.test\\r\\nConnection: close\\r\\n\\r\\n")
+        print(slow.recv(200).split(b"\\r\\n")[0].decode())
+        time.sleep(2)
+    """)
+    runner.write_file(box, "/tmp/stall.py", script.encode())
+    pid = _filter_pid(runner, box)
+    before = _cpu_seconds(pid)
+    assert sh(runner, box, "python3 /tmp/stall.py") == (0, "HTTP/1.1 200")  # output stripped
+    assert _cpu_seconds(pid) - before < 1.0  # 200 stalled connections for ~2.5 s
+
+
+def _cpu_seconds(pid: int) -> float:
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_allowed_names_that_resolve_to_the_host_or_metadata_are_not_dialled(
         runner: Runner, box: str, hosts: TestHosts) -> None:
     # DNS rebinding: an allowed name answering 127.0.0.1 or 169.254.169.254.

@@ -34,6 +34,8 @@ log = logging.getLogger("leap0.egress")
 #: A program that connects and says nothing for this long is dropped.
 HEAD_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
+#: Connections whose first bytes are being read at once; the others wait their turn.
+MAX_READING = 256
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 _DEFAULT_PORTS = {"tls": 443, "http": 80}
 
@@ -46,6 +48,9 @@ class Proxy:
         self._authority = authority
         self._upstream_tls = upstream_tls
         self._tasks: set[asyncio.Task[None]] = set()
+        # Connections still being read: a sandbox opening thousands and saying nothing
+        # waits on this, not on the host's CPU.
+        self._reading = asyncio.Semaphore(MAX_READING)
 
     async def serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -63,7 +68,8 @@ class Proxy:
             # Small writes must leave at once: with Nagle on, every request of a keep-alive
             # connection waited for the peer's delayed ACK (~40 ms).
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            head = await _peek_head(client)
+            async with self._reading:
+                head = await _peek_head(client)
             kind = sniff.kind_of(head)
             name = (sniff.server_name(head) if kind == "tls"
                     else sniff.http_host(head) if kind == "http" else None)
@@ -128,6 +134,7 @@ class Proxy:
 
 async def _peek_head(sock: socket.socket) -> bytes:
     """The first bytes the program sent, still unread in the socket."""
+    delay = 0.001
     async with asyncio.timeout(HEAD_TIMEOUT_S):
         while True:
             try:
@@ -137,8 +144,11 @@ async def _peek_head(sock: socket.socket) -> bytes:
                 continue
             if not head or sniff.is_complete(head) or len(head) >= sniff.MAX_HEAD:
                 return head
-            # The rest of the head is on its way; peeking again at once would spin.
-            await asyncio.sleep(0.002)
+            # The rest of the head is on its way. The socket stays readable while what
+            # came is unread, so wait, longer each time: a program that sends half a head
+            # and stalls must not make the filter spin on the host's CPU.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 async def _readable(sock: socket.socket) -> None:
