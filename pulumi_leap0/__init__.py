@@ -7,8 +7,9 @@ importing the Pulumi SDK.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pulumi_leap0._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pulumi_leap0.provider import SandboxProvider
@@ -39,7 +40,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pulumi_leap0' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -13,8 +13,9 @@ policies), ``mounts`` object-storage mounts,
 # sandbox, imports this package too and should not pay for the rest of the runner.
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pulumi_leap0._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pulumi_leap0.runner.capabilities import (
@@ -100,7 +101,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pulumi_leap0.runner' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
