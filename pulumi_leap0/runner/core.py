@@ -318,7 +318,8 @@ class Runner:
         handle: network.NetworkHandle | None = None
         if self._netns:
             handle = network.setup(config.id, config.network_policy, state, scope=self.scope,
-                                   egress=self.egress, bind_dir=rt)
+                                   egress=self.egress, bind_dir=rt,
+                                   cgroup=self._filter_cgroup(config.id, config.network_policy))
 
         env = template.base_env()
         env.update(config.env)
@@ -720,10 +721,15 @@ class Runner:
                 handle = dataclasses.replace(handle, init_pid=0)
             with contextlib.suppress(Exception):
                 mounts.detach_all(handle)
+        # The egress filter lives in a child of the sandbox's cgroup but outside its pid
+        # namespace: stop it first, or the wait below for the cgroup to empty waits for it.
+        # Not when frozen: it could not die before the thaw, which the cgroup kill does.
+        rel = self._cg(sandbox_id)
+        if self._cgroups is None or not self._cgroups.is_frozen(rel):
+            network.stop_filter(state)
         # Killing the pid namespace's init takes every process of the namespace with it
         # (the kernel does that); the cgroup kill below catches anything else, such as a
         # process frozen mid-fork or the host-side half of an exec.
-        rel = self._cg(sandbox_id)
         if box is not None and self._running(box):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(box.init_pid, signal.SIGKILL)
@@ -814,7 +820,17 @@ class Runner:
             return False
         with self._id_lock(box.id):
             return network.ensure_filter(box.id, policy, self._dir(box.id), scope=self.scope,
-                                         egress=self.egress, bind_dir=self._rt(box.id))
+                                         egress=self.egress, bind_dir=self._rt(box.id),
+                                         cgroup=self._filter_cgroup(box.id, policy))
+
+    def _filter_cgroup(self, sandbox_id: str, policy: Any) -> list[Path]:
+        """Where a custom policy's egress filter runs: a child of the sandbox's cgroup, so
+        the sandbox's limits (and its freezer) hold it too."""
+        if self._cgroups is None or not network.needs_filter(policy):
+            return []
+        rel = f"{self._cg(sandbox_id)}/egress"
+        self._cgroups.create(rel)
+        return self._cgroups.procs_files(rel)
 
     # --- Mounts ---------------------------------------------------------------------------
 

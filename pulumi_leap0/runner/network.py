@@ -22,6 +22,8 @@ everything behind it):
     made.
 ``ensure_filter(sandbox_id, policy, state_dir, *, scope, egress, bind_dir) -> bool``
     Called after a restart: a custom-policy sandbox whose egress filter died gets a new one.
+``stop_filter(state_dir)``
+    Stops the sandbox's egress filter, if it has one. Idempotent; teardown does it too.
 ``teardown(sandbox_id, *, scope, state_dir)``
     Called by stop/destroy/recover after every sandbox process is dead. Idempotent.
 ``list_netns(scope) -> list[str]``
@@ -53,6 +55,7 @@ import select
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,8 @@ NFT = "nft"
 TRUST_BUNDLE = "/run/leap0/ca-certificates.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
+#: Below every sandbox process (0): in an out-of-memory sandbox the filter is killed last.
+FILTER_OOM_SCORE_ADJ = -900
 #: How long the egress filter may take to listen before the start fails.
 FILTER_START_TIMEOUT_S = 15.0
 _HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
@@ -215,7 +220,8 @@ def _install_nat() -> None:
 
 
 def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
-          egress: EgressSettings | None = None, bind_dir: Path | None = None) -> NetworkHandle:
+          egress: EgressSettings | None = None, bind_dir: Path | None = None,
+          cgroup: Sequence[Path] = ()) -> NetworkHandle:
     """Create the sandbox's namespace, connected as its policy allows (module docstring)."""
     name = netns_name(sandbox_id, scope)
     path = NETNS_DIR / name
@@ -234,7 +240,7 @@ def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
             _connect(name)
         if mode == "custom":
             return _filter(name, path, policy, state_dir, bind_dir or state_dir,
-                           egress or EgressSettings())
+                           egress or EgressSettings(), cgroup)
     except BaseException:
         teardown(sandbox_id, scope=scope, state_dir=state_dir)
         raise
@@ -242,7 +248,7 @@ def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
 
 
 def _filter(name: str, path: Path, policy: Any, state_dir: Path, bind_dir: Path,
-            egress: EgressSettings) -> NetworkHandle:
+            egress: EgressSettings, cgroup: Sequence[Path]) -> NetworkHandle:
     """Rules in the namespace, then the egress filter: the custom policy, enforced."""
     cidrs = ", ".join(policy.allow_cidrs)
     rules = _EGRESS_RULES.format(elements=f"elements = {{ {cidrs} }};" if cidrs else "",
@@ -253,7 +259,7 @@ def _filter(name: str, path: Path, policy: Any, state_dir: Path, bind_dir: Path,
     if done.returncode != 0:
         raise RunnerError(f"could not install the egress rules: {done.stderr.strip()}")
     config = _filter_config(path, policy, bind_dir, egress)
-    _start_filter(config, state_dir)
+    _start_filter(config, state_dir, cgroup)
     if config.ca_bundle_path is None:
         return NetworkHandle(netns_name=name, netns_path=path)
     bundle = Path(config.ca_bundle_path)
@@ -274,19 +280,24 @@ def _filter_config(path: Path, policy: Any, bind_dir: Path,
         ca_bundle_path=str(bundle) if bundle else None, system_ca_file=SYSTEM_BUNDLE)
 
 
+def needs_filter(policy: Any) -> bool:
+    return _mode(policy) == "custom"
+
+
 def ensure_filter(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
-                  egress: EgressSettings | None = None, bind_dir: Path | None = None) -> bool:
+                  egress: EgressSettings | None = None, bind_dir: Path | None = None,
+                  cgroup: Sequence[Path] = ()) -> bool:
     """Start a custom-policy sandbox's egress filter again if it died, and say whether it
     had to. Without its filter such a sandbox is cut off (the rules stay), not unfiltered.
     A new filter has a new CA; it rewrites the bundle in place, which the sandbox sees."""
-    if _mode(policy) != "custom" or _filter_alive(state_dir):
+    if not needs_filter(policy) or _filter_alive(state_dir):
         return False
     path = NETNS_DIR / netns_name(sandbox_id, scope)
     if not path.exists():
         raise RunnerError("the sandbox has no network namespace to filter")
-    _stop_filter(state_dir)  # forget the dead filter's record
+    stop_filter(state_dir)  # forget the dead filter's record
     _start_filter(_filter_config(path, policy, bind_dir or state_dir,
-                                 egress or EgressSettings()), state_dir)
+                                 egress or EgressSettings()), state_dir, cgroup)
     return True
 
 
@@ -299,7 +310,7 @@ def _filter_alive(state_dir: Path) -> bool:
     return started is not None and sysutil.process_start_time(int(record["pid"])) == started
 
 
-def _start_filter(config: EgressConfig, state_dir: Path) -> None:
+def _start_filter(config: EgressConfig, state_dir: Path, cgroup: Sequence[Path]) -> None:
     log_path = state_dir / "egress.log"
     log_path.touch(mode=0o600)
     config = replace(config, log_path=str(log_path))
@@ -309,6 +320,14 @@ def _start_filter(config: EgressConfig, state_dir: Path) -> None:
     (state_dir / "egress.json").write_text(json.dumps(
         {"pid": process.pid, "start_time": sysutil.process_start_time(process.pid)}))
     try:
+        # The filter works for this sandbox only: its CPU and new memory count against the
+        # sandbox's limits (a sandbox cannot make it burn the host's CPU), but the OOM
+        # killer takes the sandbox's own processes first, or one runaway program would cut
+        # the whole sandbox off.
+        for procs in cgroup:
+            procs.write_text(str(process.pid))
+        with contextlib.suppress(PermissionError):  # needs CAP_SYS_RESOURCE, not always ours
+            Path(f"/proc/{process.pid}/oom_score_adj").write_text(str(FILTER_OOM_SCORE_ADJ))
         process.stdin.write(config.to_json().encode())
         process.stdin.close()
         ready, _, _ = select.select([process.stdout], [], [], FILTER_START_TIMEOUT_S)
@@ -317,7 +336,7 @@ def _start_filter(config: EgressConfig, state_dir: Path) -> None:
         line = ""
     process.stdout.close()
     if line != READY:
-        _stop_filter(state_dir)
+        stop_filter(state_dir)
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
         raise RunnerError("the egress filter did not start" + (f": {tail[0]}" if tail else ""))
 
@@ -351,7 +370,7 @@ def _spawn_filter() -> subprocess.Popen[bytes]:
 _filters: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _stop_filter(state_dir: Path | None) -> None:
+def stop_filter(state_dir: Path | None) -> None:
     record_path = state_dir / "egress.json" if state_dir else None
     if record_path is None or not record_path.exists():
         return
@@ -368,7 +387,7 @@ def _stop_filter(state_dir: Path | None) -> None:
 
 
 def teardown(sandbox_id: str, *, scope: str, state_dir: Path | None = None) -> None:
-    _stop_filter(state_dir)
+    stop_filter(state_dir)
     name = netns_name(sandbox_id, scope)
     path = NETNS_DIR / name
     # Deleting the namespace takes its end of the veth, and the host end with it; this
