@@ -52,6 +52,7 @@ import ipaddress
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -321,9 +322,9 @@ def _start_filter(config: EgressConfig, state_dir: Path, cgroup: Sequence[Path])
         {"pid": process.pid, "start_time": sysutil.process_start_time(process.pid)}))
     try:
         # The filter works for this sandbox only: its CPU and new memory count against the
-        # sandbox's limits (a sandbox cannot make it burn the host's CPU), but the OOM
-        # killer takes the sandbox's own processes first, or one runaway program would cut
-        # the whole sandbox off.
+        # sandbox's limits (a sandbox cannot make it burn the host's CPU). Where the host
+        # lets us, the OOM killer takes the sandbox's own processes first, or one runaway
+        # program would cut the whole sandbox off.
         for procs in cgroup:
             procs.write_text(str(process.pid))
         with contextlib.suppress(PermissionError):  # needs CAP_SYS_RESOURCE, not always ours
@@ -379,10 +380,11 @@ def stop_filter(state_dir: Path | None) -> None:
     # A pid alone may have been reused since: the start time tells our filter apart.
     if sysutil.process_start_time(pid) == start_time:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
     child = _filters.pop(pid, None)
-    if child is not None:
-        child.wait(timeout=10)
+    if child is not None:  # reap it; a frozen one dies when its cgroup is thawed
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=10)
     record_path.unlink(missing_ok=True)
 
 
