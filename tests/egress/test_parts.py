@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.egress import sniff
 from pulumi_leap0.runner.egress.authority import CertificateAuthority
-from pulumi_leap0.runner.egress.dns import DnsResponder
 from pulumi_leap0.runner.egress.http import rewrite
+from pulumi_leap0.runner.egress.nameserver import DnsResponder
 from pulumi_leap0.runner.egress.resolve import AddressGuard, Resolver
 
 

@@ -10,7 +10,7 @@ How traffic gets here (``runner/network.py`` sets it up): nftables rules in the 
 network namespace, which no sandbox process can change,
 
 * send every DNS query (UDP or TCP port 53, to any address) to ``DNS_PORT`` on the
-  sandbox's loopback, where ``dns.DnsResponder`` answers allowed names only;
+  sandbox's loopback, where ``nameserver.DnsResponder`` answers allowed names only;
 * let traffic to ``allow_cidrs`` through the veth, untouched;
 * send every other TCP connection to ``PROXY_PORT`` on the sandbox's loopback, where
   ``proxy`` reads the first bytes, takes the name, and either refuses, tunnels the bytes
@@ -23,10 +23,11 @@ so what it dials leaves from the host. It then drops to ``nobody``: it parses wh
 sandbox sends. The CA key exists only in its memory; the header values only in its memory
 and in the runner's store.
 
-Module map: ``sniff`` names in the first bytes, ``resolve`` host-side name resolution and the
-addresses never dialled, ``dns`` the sandbox's resolver, ``authority`` the per-sandbox CA,
-``http`` the header-rewriting HTTP/1.1 relay, ``proxy`` the decisions and the tunnel,
-``__main__`` start-up (``python -m pulumi_leap0.runner.egress``, config as JSON on stdin).
+Module map: ``sniff`` names in the first bytes, ``resolve`` host-side name resolution and
+the addresses never dialled, ``nameserver`` the sandbox's resolver, ``authority`` the
+per-sandbox CA, ``http`` the header-rewriting HTTP/1.1 relay, ``proxy`` the decisions and
+the tunnel, ``__main__`` start-up (``python -m pulumi_leap0.runner.egress``, config as JSON
+on stdin).
 """
 
 from __future__ import annotations

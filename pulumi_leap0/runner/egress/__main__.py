@@ -23,7 +23,7 @@ from pathlib import Path
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, READY, EgressConfig
 from pulumi_leap0.runner.egress.authority import CertificateAuthority
-from pulumi_leap0.runner.egress.dns import DnsResponder
+from pulumi_leap0.runner.egress.nameserver import DnsResponder
 from pulumi_leap0.runner.egress.proxy import Proxy
 from pulumi_leap0.runner.egress.resolve import AddressGuard, Resolver
 
