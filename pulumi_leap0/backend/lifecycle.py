@@ -147,6 +147,9 @@ class Lifecycle:
                 except Exception:
                     self.store.set_state(sandbox_id, S.PAUSED)
                     raise
+                if record.network_policy is not None:  # its filter may have died while paused
+                    await self._run(self.runner.reconcile_network, sandbox_id,
+                                    record.network_policy)
                 self.store.set_state(
                     sandbox_id, S.RUNNING, deadline_ts=time.time() + record.timeout
                 )

@@ -812,12 +812,14 @@ class Runner:
         return alive
 
     def reconcile_network(self, sandbox_id: str, policy: Any) -> bool:
-        """After a restart: start the egress filter of a custom-policy sandbox again if it
-        died (``policy`` is the sandbox's, header values included). Returns whether it had
-        to."""
+        """After a restart or a thaw: start the egress filter of a custom-policy sandbox
+        again if it died (``policy`` is the sandbox's, header values included). Returns
+        whether it had to; a paused sandbox's is left for its thaw."""
         box = self._require(sandbox_id)
         if not self._netns:
             return False
+        if self._cgroups is not None and self._cgroups.is_frozen(self._cg(box.id)):
+            return False  # a new filter would freeze before it is ready: ask again on thaw
         with self._id_lock(box.id):
             return network.ensure_filter(box.id, policy, self._dir(box.id), scope=self.scope,
                                          egress=self.egress, bind_dir=self._rt(box.id),

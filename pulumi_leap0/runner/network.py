@@ -308,7 +308,23 @@ def _filter_alive(state_dir: Path) -> bool:
     except (OSError, ValueError):
         return False
     started: int | None = record.get("start_time")
-    return started is not None and sysutil.process_start_time(int(record["pid"])) == started
+    pid = int(record["pid"])
+    if started is None or sysutil.process_start_time(pid) != started:
+        return False
+    return not _kill_pending(pid)
+
+
+def _kill_pending(pid: int) -> bool:
+    """Whether ``pid`` has a SIGKILL it has not acted on yet (killed while frozen)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return bool(pending >> (signal.SIGKILL - 1) & 1)
 
 
 def _start_filter(config: EgressConfig, state_dir: Path, cgroup: Sequence[Path]) -> None:

@@ -83,3 +83,26 @@ def test_a_restart_starts_a_dead_filter_again(
             assert curl(f"http://{hosts.address('forbidden')}/") != 0
         finally:
             raw.delete(f"/v1/sandbox/{sandbox_id}")
+
+
+def test_resume_starts_a_filter_that_died_while_paused(
+        egress_backend: BackendServer, hosts: TestHosts) -> None:
+    import json
+    import signal
+
+    api_key = egress_backend.new_api_key()
+    with http(egress_backend, api_key) as raw:
+        created = raw.post("/v1/sandbox", json={"template_name": TEMPLATE, "network_policy": {
+            "mode": "custom", "allow_domains": ["allowed.leap0.test"]}})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["id"]
+        try:
+            assert raw.post(f"/v1/sandbox/{sandbox_id}/pause").status_code == 201
+            record = egress_backend.data_dir / "sandboxes" / sandbox_id / "egress.json"
+            os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)  # dies on thaw
+            result = raw.post(f"/v1/sandbox/{sandbox_id}/process/execute",  # resumes it
+                              json={"command": "curl -sS -m 5 http://allowed.leap0.test/",
+                                    "timeout": 20}).json()
+            assert result["exit_code"] == 0, result
+        finally:
+            raw.delete(f"/v1/sandbox/{sandbox_id}")

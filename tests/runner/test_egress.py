@@ -467,3 +467,22 @@ def test_a_paused_sandbox_is_destroyed_with_its_filter_at_once(
     assert time.monotonic() - started < 3.0
     assert sysutil.process_start_time(pid) is None
     assert leftovers(runner, sandbox_id) == []
+
+
+def test_a_filter_that_died_while_paused_is_started_again_after_the_thaw(
+        runner: Runner, sandboxes: Sandboxes, hosts: TestHosts) -> None:
+    import os
+    import signal
+    import time
+
+    policy = custom(hosts)
+    sandbox_id = sandboxes.start(network_policy=policy)
+    runner.freeze(sandbox_id)
+    pid = _filter_pid(runner, sandbox_id)
+    os.kill(pid, signal.SIGKILL)  # it dies on the thaw
+    started = time.monotonic()
+    assert runner.reconcile_network(sandbox_id, policy) is False  # frozen: not now
+    assert time.monotonic() - started < 1.0
+    runner.thaw(sandbox_id)  # right after, the old filter may still be dying: it counts
+    assert runner.reconcile_network(sandbox_id, policy) is True  # as dead all the same
+    assert curl(runner, sandbox_id, "http://allowed.leap0.test/")[0] == 0
