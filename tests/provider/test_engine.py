@@ -492,6 +492,19 @@ def test_state_written_by_the_first_release_is_refreshed_diffed_and_destroyed(
     assert sandboxes(backend, api_key) == []
 
 
+def test_every_provider_is_pickled_by_a_path_that_moving_its_code_keeps() -> None:
+    """State names each provider by module and class: that must be the package, not the
+    module the code happens to live in, or the next move strands every stack."""
+    import pulumi_leap0.provider as package
+    from pulumi_leap0.provider.base import Leap0Provider
+
+    providers = Leap0Provider.__subclasses__()
+    assert package.SandboxProvider in providers
+    for provider in providers:
+        assert provider.__module__ == package.__name__, provider
+        assert getattr(package, provider.__name__) is provider
+
+
 def test_rotated_mount_credentials_are_patched_in_place_and_never_stored(
     live: ProviderProcess, backend: BackendServer, api_key: str, s3: S3
 ) -> None:
