@@ -9,9 +9,9 @@
 
 The engine pickles each provider into its resources' state by reference (dill: module path
 and class name), and destroy and refresh use the one in state, not the program's. So every
-provider class is named as an attribute of this package (``pulumi_leap0.provider.
-SandboxProvider``, as stacks made before this package was split hold it), and says so in its
-``__module__``.
+provider class is an attribute of this package and says so in its ``__module__``: stacks
+made before the split hold ``pulumi_leap0.provider.SandboxProvider``, and the code behind a
+name can move without stranding them.
 """
 
 from __future__ import annotations
