@@ -1,29 +1,77 @@
-"""``leap0.Sandbox``: what a Pulumi program writes.
+"""The resources, as Pulumi programs write them: ``leap0.Sandbox`` and its argument types.
 
-Inputs are named as the API names them. Credentials (env var values, mount keys, injected
-header values; ``spec.SECRET_PATHS``) are marked secret here, by the resource itself, so that
-a user who passes a plain string still never finds it in plaintext in state or in preview
-output. The dynamic provider does not accept secrets: the engine strips them before calling
-it and marks an output secret when the input of the same name held one, recursing into
-objects and taking a list with one secret item as secret as a whole. So ``env_vars`` is
-secret, ``network_policy.transforms`` is secret when a transform injects headers, and
-``mounts`` is secret when a mount has credentials. Mount outputs never hold the credentials
-themselves, only ``credentials_sha256``, a fingerprint that lets diff see them change.
+One section per resource (its argument classes, then the resource), after what they share.
+Inputs are named as the API names them; the logic lives in ``provider/``.
+
+Credentials (``spec.SECRET_PATHS``: env var values, mount keys, injected header values) are
+marked secret here, by the resource itself, so that a user who passes a plain string still
+never finds it in plaintext in state or in preview output. The dynamic provider does not
+accept secrets: the engine strips them before calling it and marks an output secret when the
+input of the same name held one, recursing into objects and taking a list with one secret
+item as secret as a whole. So ``env_vars`` is secret, ``network_policy.transforms`` is
+secret when a transform injects headers, and ``mounts`` is secret when a mount has
+credentials. Mount outputs never hold the credentials themselves, only
+``credentials_sha256``, a fingerprint that lets diff see them change.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi.dynamic
 
-from pulumi_leap0.provider import SandboxProvider
+from pulumi_leap0 import spec
+from pulumi_leap0.provider.sandbox import COMPUTED_OUTPUTS, SandboxProvider
 
 SANDBOX_TYPE = "pulumi-python:dynamic/leap0:Sandbox"
 
-_OUTPUTS = ("state", "template_id", "disk", "created_at")
+
+# --- Shared by every resource ----------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Argument objects (or dicts) as the plain dicts the engine protocol carries, with
+    every unset (None) field left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _mark_secrets(props: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    """Wrap the values at ``paths`` (in ``spec.SECRET_PATHS``' form) as secrets, in place.
+
+    A path ending in ``{}`` (every value of a map) marks the map as a whole: the names of
+    credentials are worth hiding too.
+    """
+    for path in paths:
+        _mark(props, re.findall(r"\[\]|\{\}|[^.\[\]{}]+", path))
+    return props
+
+
+def _mark(container: Any, steps: Sequence[str]) -> None:
+    name, rest = steps[0], steps[1:]
+    if not isinstance(container, dict) or container.get(name) is None:
+        return
+    if not rest or list(rest) == ["{}"]:
+        container[name] = pulumi.Output.secret(container[name])
+    elif rest[0] == "[]":
+        items = container[name]
+        for item in items if isinstance(items, list) else []:
+            _mark(item, rest[1:])
+    else:
+        _mark(container[name], rest)
+
+
+# --- Sandbox ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -56,7 +104,7 @@ class MountArgs:
     read_only: pulumi.Input[bool] | None = None
     access_key_id: pulumi.Input[str] | None = None
     secret_access_key: pulumi.Input[str] | None = None
-    type: str = "object-storage"
+    type: str = spec.MOUNT_TYPE
 
 
 @dataclass
@@ -77,36 +125,12 @@ class SandboxArgs:
     adopt_id: pulumi.Input[str] | None = None
 
 
-def _secret(value: Any) -> Any:
-    return None if value is None else pulumi.Output.secret(value)
-
-
-def _plain(value: Any) -> Any:
-    """Argument objects (or dicts) as the plain dicts the engine protocol carries."""
-    if isinstance(value, MountArgs | NetworkPolicyArgs | TransformArgs):
-        value = {k: v for k, v in vars(value).items() if v is not None}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _prepare(props: dict[str, Any]) -> dict[str, Any]:
     """Fill in what the API requires but users need not write, and mark credentials secret."""
-    props["env_vars"] = _secret(props.get("env_vars"))
     for mount in props.get("mounts") or []:
         if isinstance(mount, dict):
-            mount.setdefault("type", "object-storage")
-            for key in ("access_key_id", "secret_access_key"):
-                if key in mount:
-                    mount[key] = _secret(mount[key])
-    policy = props.get("network_policy")
-    if isinstance(policy, dict):
-        for transform in policy.get("transforms") or []:
-            if isinstance(transform, dict) and "inject_headers" in transform:
-                transform["inject_headers"] = _secret(transform["inject_headers"])
-    return props
+            mount.setdefault("type", spec.MOUNT_TYPE)
+    return _mark_secrets(props, spec.SECRET_PATHS)
 
 
 class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
@@ -170,9 +194,9 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
             }
         if given.get("template_name") is None and (opts is None or opts.id is None):
             raise TypeError("Sandbox needs template_name")
-        props = _prepare(_plain({k: v for k, v in given.items() if v is not None}))
+        props = _prepare(_plain(given))
         # Outputs only exist as attributes when the props name them.
-        props = {**dict.fromkeys((*_OUTPUTS, *given)), **props}
+        props = {**dict.fromkeys((*COMPUTED_OUTPUTS, *given)), **props}
         # env_vars is secret as a whole (names and values, spec.SECRET_PATHS), also when the
         # engine has no secret input to copy it from (Sandbox.get, refresh).
         secret_outputs = pulumi.ResourceOptions(additional_secret_outputs=["env_vars"])

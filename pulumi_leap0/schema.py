@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from pulumi_leap0 import spec
 from pulumi_leap0.client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
-from pulumi_leap0.provider import CREATE_TIMEOUT_DEFAULT_S
+from pulumi_leap0.provider.base import CREATE_TIMEOUT_DEFAULT_S
 
 PACKAGE = "leap0"
 SANDBOX = f"{PACKAGE}:index:Sandbox"

@@ -470,6 +470,41 @@ def test_the_pickled_provider_is_small_and_carries_no_credential() -> None:
     assert b"key-that-must-not-leak" not in base64.b64decode(pickled)
 
 
+#: ``__provider`` exactly as the first release wrote it into every sandbox's state: a
+#: reference to the class by its dotted path, with no fields.
+STATE_OF_THE_FIRST_RELEASE = (
+    "gASVMwAAAAAAAACMFXB1bHVtaV9sZWFwMC5wcm92aWRlcpSMD1NhbmRib3hQcm92aWRlcpSTlCmBlH2UYi4="
+)
+
+
+def test_state_written_by_the_first_release_is_refreshed_diffed_and_destroyed(
+    live: ProviderProcess, backend: BackendServer, api_key: str
+) -> None:
+    """Refresh and destroy use the provider stored in state, not the program's."""
+    inputs = live.check(BASE)[0]
+    id_, outputs = live.create(inputs)
+    stored = {**outputs, "__provider": STATE_OF_THE_FIRST_RELEASE}
+    read_id, refreshed, _ = live.read(id_, stored)
+    assert read_id == id_ and refreshed["state"] == "running"
+    # Today's provider pickles to the same bytes: upgrading is no change to any sandbox.
+    assert not live.diff(id_, stored, inputs).changes
+    live.delete(id_, stored)
+    assert sandboxes(backend, api_key) == []
+
+
+def test_every_provider_is_pickled_by_a_path_that_moving_its_code_keeps() -> None:
+    """State names each provider by module and class: that must be the package, not the
+    module the code happens to live in, or the next move strands every stack."""
+    import pulumi_leap0.provider as package
+    from pulumi_leap0.provider.base import Leap0Provider
+
+    providers = Leap0Provider.__subclasses__()
+    assert package.SandboxProvider in providers
+    for provider in providers:
+        assert provider.__module__ == package.__name__, provider
+        assert getattr(package, provider.__name__) is provider
+
+
 def test_rotated_mount_credentials_are_patched_in_place_and_never_stored(
     live: ProviderProcess, backend: BackendServer, api_key: str, s3: S3
 ) -> None:

@@ -14,6 +14,7 @@ import pytest
 from pulumi_leap0 import provider as provider_module
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client, RetryPolicy
+from pulumi_leap0.provider import base as provider_base
 from tests.fixtures.backend import BackendServer
 
 BASE: dict[str, Any] = {"template_name": "system/debian:bookworm"}
@@ -51,7 +52,7 @@ def faults(
             super().__init__(key, base_url, transport=httpx.MockTransport(faults.handle),
                              retry=RetryPolicy(sleep=lambda _s: None))
 
-    monkeypatch.setattr(provider_module, "Leap0Client", FaultyClient)
+    monkeypatch.setattr(provider_base, "Leap0Client", FaultyClient)
     monkeypatch.setenv("LEAP0_API_KEY", api_key)
     monkeypatch.setenv("LEAP0_BASE_URL", backend.base_url)
     yield faults
