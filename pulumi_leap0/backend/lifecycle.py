@@ -84,9 +84,10 @@ class Lifecycle:
     # --- Create -------------------------------------------------------------------------------
 
     async def create(self, org_id: str, request: spec.SandboxCreateRequest) -> SandboxRecord:
-        if not runtime.has_template(self.runner, request.template_name):
-            raise invalid("template_name", "must name a known template")
-        disk = self.runner.disk_mib(request.template_name)
+        try:
+            disk = self.runner.disk_mib(request.template_name)
+        except runtime.RunnerError:  # its one complaint here: a template it does not know
+            raise invalid("template_name", "must name a known template") from None
         try:
             record = self.store.insert_sandbox(org_id, request, disk=disk)
         except QuotaExceeded as exc:
