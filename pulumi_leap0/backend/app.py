@@ -151,7 +151,7 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None) -> FastAPI:
             raise errors.ApiError(400, f"Invalid query: {exc}") from None
         records, total = lifecycle.store.list_sandboxes(
             org,
-            state=spec.SandboxState(query.state) if query.state else None,
+            state=query.state,
             sort=query.sort,
             descending=query.order_by == "desc",
             page=query.page,
