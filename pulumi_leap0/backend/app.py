@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.middleware import Middleware
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import errors, models, runtime
@@ -62,6 +63,14 @@ async def _parse(request: Request, model: type[ModelT]) -> ModelT:
     return spec.validate(model, errors.parse_json(await request.body()))
 
 
+#: In the order requests meet them; InternalErrors last, just outside the exception handlers.
+MIDDLEWARE = [
+    Middleware(SandboxHost),
+    Middleware(BodyLimit),
+    Middleware(InternalErrors),
+]
+
+
 def create_app(data_dir: Path, runner: runtime.Runner | None = None) -> FastAPI:
     """The application over ``data_dir`` (the sqlite store and the runner's files)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,15 +96,12 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None) -> FastAPI:
         title="Leap0 API (reference backend)",
         version="1.0.0",
         lifespan=lifespan,
+        middleware=MIDDLEWARE,
+        exception_handlers=errors.HANDLERS,
         redirect_slashes=False,
     )
     app.state.ready = False
     app.state.lifecycle = lifecycle
-    errors.install(app)
-    # Added innermost first: InternalErrors wraps the routes, SandboxHost sees requests first.
-    app.add_middleware(InternalErrors)
-    app.add_middleware(BodyLimit)
-    app.add_middleware(SandboxHost)
 
     def route(path: str, method: str, status: int = 200, **extra: Any) -> Callable[[Any], Any]:
         """Register a handler at ``path`` and at ``path`` with the other trailing-slash form."""
