@@ -321,26 +321,30 @@ class Lifecycle:
         known = [r.id for r in records if r.state != S.DELETING]
         alive = set(await self._run(self.runner.recover, known))
         for record in records:
-            if record.state == S.DELETING:
-                with contextlib.suppress(Exception):
-                    await self._run(self.runner.destroy, record.id)
-                self.store.forget_sandbox(record.id)
-            elif record.state == S.STOPPED:
-                continue
-            elif record.id not in alive:
-                log.info("sandbox %s has no process after restart: stopped", record.id)
-                self.store.set_state(record.id, S.STOPPED)
-            elif record.state == S.STARTING or record.state == S.UNPAUSING:
-                self.store.set_state(record.id, S.RUNNING)
-            elif record.state == S.SNAPSHOTTING:
-                self.store.set_state(record.id, S.PAUSED)
-            elif record.state == S.STOPPING:
-                with contextlib.suppress(Exception):
-                    await self._run(self.runner.stop, record.id)
-                self.store.set_state(record.id, S.STOPPED)
+            await self._settle(record, alive=record.id in alive)
         for record in records:
             if record.id in alive and record.state not in (S.DELETING, S.STOPPING, S.STOPPED):
                 await self._restore_helpers(record)
+
+    async def _settle(self, record: SandboxRecord, *, alive: bool) -> None:
+        """Finish, or undo, the transition a sandbox was in when the backend went down."""
+        if record.state == S.DELETING:
+            with contextlib.suppress(Exception):
+                await self._run(self.runner.destroy, record.id)
+            self.store.forget_sandbox(record.id)
+        elif record.state == S.STOPPED:
+            return
+        elif not alive:
+            log.info("sandbox %s has no process after restart: stopped", record.id)
+            self.store.set_state(record.id, S.STOPPED)
+        elif record.state in (S.STARTING, S.UNPAUSING):
+            self.store.set_state(record.id, S.RUNNING)
+        elif record.state == S.SNAPSHOTTING:
+            self.store.set_state(record.id, S.PAUSED)
+        elif record.state == S.STOPPING:
+            with contextlib.suppress(Exception):
+                await self._run(self.runner.stop, record.id)
+            self.store.set_state(record.id, S.STOPPED)
 
     async def _restore_helpers(self, record: SandboxRecord) -> None:
         """A sandbox's host-side helpers (rclone per mount, the egress filter of a custom
@@ -391,7 +395,6 @@ class Lifecycle:
                 else:
                     log.info("sandbox %s reached its timeout: deleting", sandbox_id)
                     await self._delete_locked(sandbox_id)
-
 
 
 def _mount_failed(exc: Exception) -> Exception:
