@@ -10,9 +10,10 @@ Messages never echo request values: some fields hold credentials.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -94,30 +95,30 @@ def _sentence(kind: str, error: Any) -> str:
         return "is invalid"
 
 
-def install(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return message_response(exc.status, exc.message, exc.headers)
+async def _api_error(_: Request, exc: ApiError) -> Response:
+    return message_response(exc.status, exc.message, exc.headers)
 
-    async def spec_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, spec.SpecError)
-        return validation_response(exc)
 
-    async def request_validation(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return validation_response(_request_validation_errors(exc))
+async def _spec_error(_: Request, exc: spec.SpecError) -> Response:
+    return validation_response(exc)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        message = {404: "not found", 405: "method not allowed"}.get(
-            exc.status_code, str(exc.detail)
-        )
-        return message_response(exc.status_code, message, dict(exc.headers or {}))
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(spec.SpecError, spec_error)
-    app.add_exception_handler(RequestValidationError, request_validation)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
+    return validation_response(_request_validation_errors(exc))
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    return message_response(exc.status_code, message, dict(exc.headers or {}))
+
+
+#: The application's exception handlers (they replace FastAPI's own for the last two).
+HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
+    ApiError: _api_error,
+    spec.SpecError: _spec_error,
+    RequestValidationError: _request_validation,
+    StarletteHTTPException: _http_error,
+}
 
 
 def parse_json(raw: bytes) -> Any:

@@ -9,6 +9,9 @@ Rules, and why:
 * The runner is synchronous and may block (processes, mounts): every call to it runs in a
   worker thread, so the event loop keeps serving reads while a sandbox boots.
 * Reads never take the lock: a GET is one sqlite row, and it must stay cheap.
+* Methods about one sandbox take its record as the request resolved it (the caller's own,
+  see ``dependencies.InSandbox``), so none can be reached with an id nobody checked; the
+  state is read again wherever it decides what happens.
 * A sandbox-scoped request (process, filesystem, mounts) to a paused sandbox resumes it
   first, as the service does.
 * Timeouts: a background task pauses (``auto_pause``) or deletes every running sandbox past
@@ -24,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from anyio import to_thread
 
@@ -84,9 +87,10 @@ class Lifecycle:
     # --- Create -------------------------------------------------------------------------------
 
     async def create(self, org_id: str, request: spec.SandboxCreateRequest) -> SandboxRecord:
-        if not runtime.has_template(self.runner, request.template_name):
-            raise invalid("template_name", "must name a known template")
-        disk = self.runner.disk_mib(request.template_name)
+        try:
+            disk = self.runner.disk_mib(request.template_name)
+        except runtime.RunnerError:  # its one complaint here: a template it does not know
+            raise invalid("template_name", "must name a known template") from None
         try:
             record = self.store.insert_sandbox(org_id, request, disk=disk)
         except QuotaExceeded as exc:
@@ -115,14 +119,13 @@ class Lifecycle:
 
     # --- Pause, resume, stop, start -----------------------------------------------------------
 
-    async def pause(self, org_id: str, sandbox_id: str) -> SandboxRecord:
-        self.get(org_id, sandbox_id)
-        async with self._lock(sandbox_id):
-            record = self._reload(sandbox_id)
+    async def pause(self, sandbox: SandboxRecord) -> SandboxRecord:
+        async with self._lock(sandbox.id):
+            record = self._reload(sandbox.id)
             if record.state != S.RUNNING:
                 raise conflict(f"the sandbox is {record.state.value}, not running")
             await self._pause_locked(record)
-        return self._reload(sandbox_id)
+        return self._reload(sandbox.id)
 
     async def _pause_locked(self, record: SandboxRecord) -> None:
         self.store.set_state(record.id, S.SNAPSHOTTING)
@@ -133,9 +136,10 @@ class Lifecycle:
             raise
         self.store.set_state(record.id, S.PAUSED)
 
-    async def ensure_running(self, org_id: str, sandbox_id: str) -> SandboxRecord:
+    async def ensure_running(self, sandbox: SandboxRecord) -> SandboxRecord:
         """The sandbox, running: a paused one is resumed, one in transition is waited for."""
-        record = self.get(org_id, sandbox_id)
+        sandbox_id = sandbox.id
+        record = self._reload(sandbox_id)
         if record.state == S.RUNNING:
             return record
         async with self._lock(sandbox_id):
@@ -158,8 +162,8 @@ class Lifecycle:
                 return record
             raise conflict(f"the sandbox is {record.state.value}; start it first")
 
-    async def stop(self, org_id: str, sandbox_id: str) -> SandboxRecord:
-        self.get(org_id, sandbox_id)
+    async def stop(self, sandbox: SandboxRecord) -> SandboxRecord:
+        sandbox_id = sandbox.id
         async with self._lock(sandbox_id):
             record = self._reload(sandbox_id)
             if record.state not in (S.RUNNING, S.PAUSED):
@@ -177,8 +181,8 @@ class Lifecycle:
             self.store.set_state(sandbox_id, S.STOPPED)
         return self._reload(sandbox_id)
 
-    async def start(self, org_id: str, sandbox_id: str) -> SandboxRecord:
-        self.get(org_id, sandbox_id)
+    async def start(self, sandbox: SandboxRecord) -> SandboxRecord:
+        sandbox_id = sandbox.id
         async with self._lock(sandbox_id):
             record = self._reload(sandbox_id)
             if record.state != S.STOPPED:
@@ -197,13 +201,13 @@ class Lifecycle:
 
     # --- Delete -------------------------------------------------------------------------------
 
-    async def delete(self, org_id: str, sandbox_id: str) -> None:
-        record = self.get(org_id, sandbox_id)
-        lock = self._lock(sandbox_id)
+    async def delete(self, sandbox: SandboxRecord) -> None:
+        record = self._reload(sandbox.id)
+        lock = self._lock(record.id)
         if record.state in spec.TRANSITIONING_STATES or lock.locked():
             raise conflict(f"the sandbox is {record.state.value}; try again when it settles")
         async with lock:
-            await self._delete_locked(sandbox_id)
+            await self._delete_locked(record.id)
 
     async def _delete_locked(self, sandbox_id: str) -> None:
         self.store.set_state(sandbox_id, S.DELETING)
@@ -216,10 +220,9 @@ class Lifecycle:
 
     # --- Mounts -------------------------------------------------------------------------------
 
-    async def add_mount(
-        self, org_id: str, sandbox_id: str, mount: spec.MountRequest
-    ) -> MountRecord:
-        await self.ensure_running(org_id, sandbox_id)
+    async def add_mount(self, sandbox: SandboxRecord, mount: spec.MountRequest) -> MountRecord:
+        sandbox_id = sandbox.id
+        await self.ensure_running(sandbox)
         async with self._lock(sandbox_id):
             self._require_state(sandbox_id, S.RUNNING)
             try:
@@ -236,13 +239,10 @@ class Lifecycle:
         return record
 
     async def update_mount(
-        self,
-        org_id: str,
-        sandbox_id: str,
-        mount_id: str,
-        update: spec.MountUpdateRequest,
+        self, sandbox: SandboxRecord, mount_id: str, update: spec.MountUpdateRequest
     ) -> MountRecord:
-        await self.ensure_running(org_id, sandbox_id)
+        sandbox_id = sandbox.id
+        await self.ensure_running(sandbox)
         async with self._lock(sandbox_id):
             current = self._mount(self._require_state(sandbox_id, S.RUNNING), mount_id)
             changed = MountRecord(id=mount_id, config=update.apply_to(current.config))
@@ -262,8 +262,9 @@ class Lifecycle:
                 raise _mount_failed(exc) from None
         return changed
 
-    async def delete_mount(self, org_id: str, sandbox_id: str, mount_id: str) -> None:
-        await self.ensure_running(org_id, sandbox_id)
+    async def delete_mount(self, sandbox: SandboxRecord, mount_id: str) -> None:
+        sandbox_id = sandbox.id
+        await self.ensure_running(sandbox)
         async with self._lock(sandbox_id):
             self._mount(self._require_state(sandbox_id, S.RUNNING), mount_id)
             await self._run(self.runner.unmount, sandbox_id, mount_id)
@@ -284,19 +285,26 @@ class Lifecycle:
 
     # --- Calls into a running sandbox ---------------------------------------------------------
 
-    async def call(self, org_id: str, sandbox_id: str, fn: Callable[[str], T]) -> T:
-        """Run ``fn(sandbox_id)`` (a process or filesystem call) in a worker thread, on the
-        sandbox running: a paused sandbox is resumed first."""
-        await self.ensure_running(org_id, sandbox_id)
+    async def call(
+        self,
+        sandbox: SandboxRecord,
+        fn: Callable[Concatenate[runtime.Runner, str, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(runner, sandbox_id, ...)`` (a process or filesystem call of ``runtime``)
+        in a worker thread, on the sandbox running: a paused sandbox is resumed first."""
+        sandbox_id = sandbox.id
+        await self.ensure_running(sandbox)
         try:
             with runtime.translate_errors():
-                return await self._run(fn, sandbox_id)
+                return await self._run(fn, self.runner, sandbox_id, *args, **kwargs)
         except ApiError:
             raise
         except Exception:
             # The sandbox may have been deleted, stopped or paused under the call: then that
             # is the answer, not an internal error.
-            record = self.store.get_sandbox(sandbox_id, org_id)
+            record = self.store.get_sandbox(sandbox_id)
             if record is None:
                 raise not_found() from None
             if record.state != S.RUNNING:
@@ -313,26 +321,30 @@ class Lifecycle:
         known = [r.id for r in records if r.state != S.DELETING]
         alive = set(await self._run(self.runner.recover, known))
         for record in records:
-            if record.state == S.DELETING:
-                with contextlib.suppress(Exception):
-                    await self._run(self.runner.destroy, record.id)
-                self.store.forget_sandbox(record.id)
-            elif record.state == S.STOPPED:
-                continue
-            elif record.id not in alive:
-                log.info("sandbox %s has no process after restart: stopped", record.id)
-                self.store.set_state(record.id, S.STOPPED)
-            elif record.state == S.STARTING or record.state == S.UNPAUSING:
-                self.store.set_state(record.id, S.RUNNING)
-            elif record.state == S.SNAPSHOTTING:
-                self.store.set_state(record.id, S.PAUSED)
-            elif record.state == S.STOPPING:
-                with contextlib.suppress(Exception):
-                    await self._run(self.runner.stop, record.id)
-                self.store.set_state(record.id, S.STOPPED)
+            await self._settle(record, alive=record.id in alive)
         for record in records:
             if record.id in alive and record.state not in (S.DELETING, S.STOPPING, S.STOPPED):
                 await self._restore_helpers(record)
+
+    async def _settle(self, record: SandboxRecord, *, alive: bool) -> None:
+        """Finish, or undo, the transition a sandbox was in when the backend went down."""
+        if record.state == S.DELETING:
+            with contextlib.suppress(Exception):
+                await self._run(self.runner.destroy, record.id)
+            self.store.forget_sandbox(record.id)
+        elif record.state == S.STOPPED:
+            return
+        elif not alive:
+            log.info("sandbox %s has no process after restart: stopped", record.id)
+            self.store.set_state(record.id, S.STOPPED)
+        elif record.state in (S.STARTING, S.UNPAUSING):
+            self.store.set_state(record.id, S.RUNNING)
+        elif record.state == S.SNAPSHOTTING:
+            self.store.set_state(record.id, S.PAUSED)
+        elif record.state == S.STOPPING:
+            with contextlib.suppress(Exception):
+                await self._run(self.runner.stop, record.id)
+            self.store.set_state(record.id, S.STOPPED)
 
     async def _restore_helpers(self, record: SandboxRecord) -> None:
         """A sandbox's host-side helpers (rclone per mount, the egress filter of a custom
@@ -383,7 +395,6 @@ class Lifecycle:
                 else:
                     log.info("sandbox %s reached its timeout: deleting", sandbox_id)
                     await self._delete_locked(sandbox_id)
-
 
 
 def _mount_failed(exc: Exception) -> Exception:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from pulumi_leap0 import spec
@@ -98,9 +98,24 @@ class ExistsResponse(_Body):
     exists: bool
 
 
-ListState = Literal[
-    "starting", "stopping", "snapshotting", "running", "paused", "unpausing", "stopped",
-    "deleting",
+#: What a listing can filter by: every state but ``deleted``, which no listing shows (the
+#: store forgets a sandbox once it is deleted).
+LIST_STATES = tuple(s for s in spec.SandboxState if s is not spec.SandboxState.DELETED)
+
+
+def _list_state(value: object) -> object:
+    if value not in LIST_STATES:
+        names = [f"'{s.value}'" for s in LIST_STATES]
+        expected = f"{', '.join(names[:-1])} or {names[-1]}"
+        raise PydanticCustomError("literal_error", "must be one of {expected}",
+                                  {"expected": expected})
+    return value
+
+
+ListState = Annotated[
+    spec.SandboxState,
+    BeforeValidator(_list_state),
+    WithJsonSchema({"type": "string", "enum": [s.value for s in LIST_STATES]}),
 ]
 
 

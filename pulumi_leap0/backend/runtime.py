@@ -3,31 +3,35 @@
 Everything the backend knows about the runner is here: how a stored sandbox becomes the
 runner's ``SandboxConfig``, how a mount becomes its ``MountConfig`` (credentials included:
 they go to the runner and nowhere else), how runner results become API bodies, and how
-runner errors become API errors. The routes and the lifecycle never touch runner types.
+runner errors become API errors. The routes and the lifecycle never touch runner types
+except through the names exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import models
 from pulumi_leap0.backend.errors import ApiError, invalid
 from pulumi_leap0.backend.store import MountRecord, SandboxRecord
+from pulumi_leap0.runner.capabilities import Capabilities
+from pulumi_leap0.runner.core import Runner as LinuxRunner
 from pulumi_leap0.runner.errors import (
     RunnerError,
     SandboxFrozenError,
     SandboxNotFoundError,
     SandboxNotRunningError,
 )
-from pulumi_leap0.runner.types import ExecResult, MountConfig, SandboxConfig
+from pulumi_leap0.runner.network import EgressSettings
+from pulumi_leap0.runner.types import ExecResult, FileInfo, MountConfig, SandboxConfig
 
 __all__ = [
+    "LinuxRunner",
     "Runner",
     "RunnerError",
     "SandboxNotFoundError",
@@ -37,10 +41,24 @@ __all__ = [
 
 
 class Runner(Protocol):
-    """What the backend calls; ``pulumi_leap0.runner.Runner`` provides it."""
+    """What the backend calls, and nothing more; ``LinuxRunner`` (``make_runner``) is it.
 
-    def capabilities(self) -> Any: ...
-    def start(self, config: SandboxConfig) -> Any: ...
+    Failures are ``RunnerError`` or one of its kinds (``runner/errors.py``), with messages
+    that never carry credentials; ``translate_errors`` and the lifecycle make them answers.
+    """
+
+    def capabilities(self) -> Capabilities: ...
+    def disk_mib(self, template_name: str) -> int: ...
+    def start(self, config: SandboxConfig) -> None: ...
+    def freeze(self, sandbox_id: str) -> None: ...
+    def thaw(self, sandbox_id: str) -> None: ...
+    def stop(self, sandbox_id: str) -> None: ...
+    def destroy(self, sandbox_id: str) -> None: ...
+    def recover(self, known_ids: Iterable[str]) -> set[str]: ...
+    def reconcile_network(self, sandbox_id: str, policy: spec.NetworkPolicy) -> bool: ...
+    def mount(self, sandbox_id: str, mount: MountConfig) -> None: ...
+    def unmount(self, sandbox_id: str, mount_id: str) -> None: ...
+    def reconcile_mounts(self, sandbox_id: str, configs: Sequence[MountConfig]) -> list[str]: ...
     def exec(
         self,
         sandbox_id: str,
@@ -50,62 +68,33 @@ class Runner(Protocol):
         env: Mapping[str, str] | None = ...,
         timeout: float | None = ...,
     ) -> ExecResult: ...
-    def freeze(self, sandbox_id: str) -> Any: ...
-    def thaw(self, sandbox_id: str) -> Any: ...
-    def stop(self, sandbox_id: str) -> Any: ...
-    def destroy(self, sandbox_id: str) -> Any: ...
-    def is_alive(self, sandbox_id: str) -> bool: ...
-    def recover(self, known_ids: Sequence[str]) -> Iterable[str]: ...
-    def mount(self, sandbox_id: str, config: MountConfig) -> Any: ...
-    def reconcile_mounts(self, sandbox_id: str, configs: Sequence[MountConfig]) -> Any: ...
-    def reconcile_network(self, sandbox_id: str, policy: spec.NetworkPolicy) -> Any: ...
-    def unmount(self, sandbox_id: str, mount_id: str) -> Any: ...
-    def disk_mib(self, template: str) -> int: ...
+    def list_dir(
+        self, sandbox_id: str, path: str, *, recursive: bool = ..., exclude: Sequence[str] = ...
+    ) -> list[FileInfo]: ...
+    def stat(self, sandbox_id: str, path: str) -> FileInfo: ...
+    def exists(self, sandbox_id: str, path: str) -> bool: ...
+    def mkdir(
+        self, sandbox_id: str, path: str, *, recursive: bool = ..., mode: int = ...
+    ) -> None: ...
+    def write_file(
+        self, sandbox_id: str, path: str, content: bytes, *, mode: int | None = ...
+    ) -> None: ...
+    def read_file(self, sandbox_id: str, path: str) -> bytes: ...
+    def delete(self, sandbox_id: str, path: str, *, recursive: bool = ...) -> None: ...
 
 
 def make_runner(root_dir: Path, *, egress_resolver: str | None = None,
-                egress_ca_file: Path | None = None) -> Runner:
+                egress_ca_file: Path | None = None) -> LinuxRunner:
     """The Linux runner. ``egress_resolver`` ("ip:port") and ``egress_ca_file`` are how the
     egress filters of custom policies resolve names and verify upstream TLS (defaults: the
     host's resolver and trust store)."""
-    from pulumi_leap0.runner import Runner as LinuxRunner
-    from pulumi_leap0.runner.network import EgressSettings
-
     egress = EgressSettings(resolver=egress_resolver, upstream_ca_file=egress_ca_file)
-    runner: Runner = LinuxRunner(root_dir, egress=egress)
-    return runner
+    return LinuxRunner(root_dir, egress=egress)
 
 
-def has_template(runner: Runner, name: str) -> bool:
-    templates = getattr(runner, "templates", None)
-    if templates is None:
-        return True
-    with contextlib.suppress(TypeError):
-        return name in templates
-    return True
-
-
-def capability_report(runner: Runner) -> Any:
-    report = runner.capabilities()
-    to_json = getattr(report, "to_json", None)
-    return _plain(to_json() if callable(to_json) else report)
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-ready copy of a capability report (dataclasses, enums, paths, sets)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "model_dump"):
-        return _plain(value.model_dump())
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+def capability_report(runner: Runner) -> dict[str, object]:
+    """The runner's capabilities as JSON-ready values (``/healthz``, ``doctor``)."""
+    return dataclasses.asdict(runner.capabilities())
 
 
 # --- Configs --------------------------------------------------------------------------------
@@ -169,54 +158,46 @@ def translate_errors() -> Iterator[None]:
 # --- Calls ----------------------------------------------------------------------------------
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
-
-
 def execute(runner: Runner, sandbox_id: str, body: spec.ExecuteRequest) -> spec.ExecuteResponse:
     result = runner.exec(
         sandbox_id, body.command, cwd=body.cwd, env=dict(body.envs), timeout=body.timeout
     )
-    stderr = _text(result.stderr)
-    if getattr(result, "timed_out", False):
+    stderr = result.stderr
+    if result.timed_out:
         stderr += f"\ncommand timed out after {body.timeout}s\n"
-    return spec.ExecuteResponse(
-        exit_code=int(result.exit_code), stdout=_text(result.stdout), stderr=stderr
-    )
+    return spec.ExecuteResponse(exit_code=result.exit_code, stdout=result.stdout, stderr=stderr)
 
 
-def _file_info(info: Any) -> models.FileInfo:
-    if isinstance(info, Mapping):
-        return models.FileInfo.model_validate(info)
+def _file_info(info: FileInfo) -> models.FileInfo:
     return models.FileInfo.model_validate(info, from_attributes=True)
 
 
-def list_dir(runner: Any, sandbox_id: str, body: models.LsRequest) -> models.LsResponse:
+def list_dir(runner: Runner, sandbox_id: str, body: models.LsRequest) -> models.LsResponse:
     items = runner.list_dir(
         sandbox_id, body.path, recursive=body.recursive, exclude=list(body.exclude)
     )
     return models.LsResponse(items=[_file_info(i) for i in items])
 
 
-def stat(runner: Any, sandbox_id: str, body: models.PathRequest) -> models.FileInfo:
+def stat(runner: Runner, sandbox_id: str, body: models.PathRequest) -> models.FileInfo:
     return _file_info(runner.stat(sandbox_id, body.path))
 
 
-def mkdir(runner: Any, sandbox_id: str, body: models.MkdirRequest) -> None:
+def mkdir(runner: Runner, sandbox_id: str, body: models.MkdirRequest) -> None:
     runner.mkdir(
         sandbox_id, body.path, recursive=body.recursive, mode=int(body.permissions or "755", 8)
     )
 
 
 def write_file(
-    runner: Any, sandbox_id: str, query: models.WriteFileQuery, content: bytes
+    runner: Runner, sandbox_id: str, query: models.WriteFileQuery, content: bytes
 ) -> None:
     mode = int(query.permissions, 8) if query.permissions else None
     runner.write_file(sandbox_id, query.path, content, mode=mode)
 
 
-def read_file(runner: Any, sandbox_id: str, body: models.ReadFileRequest) -> bytes:
-    data: bytes = runner.read_file(sandbox_id, body.path)
+def read_file(runner: Runner, sandbox_id: str, body: models.ReadFileRequest) -> bytes:
+    data = runner.read_file(sandbox_id, body.path)
     if body.offset:
         data = data[body.offset :]
     if body.limit is not None:
@@ -228,9 +209,9 @@ def read_file(runner: Any, sandbox_id: str, body: models.ReadFileRequest) -> byt
     return data
 
 
-def delete(runner: Any, sandbox_id: str, body: models.DeleteRequest) -> None:
+def delete(runner: Runner, sandbox_id: str, body: models.DeleteRequest) -> None:
     runner.delete(sandbox_id, body.path, recursive=body.recursive)
 
 
-def exists(runner: Any, sandbox_id: str, body: models.PathRequest) -> models.ExistsResponse:
-    return models.ExistsResponse(exists=bool(runner.exists(sandbox_id, body.path)))
+def exists(runner: Runner, sandbox_id: str, body: models.PathRequest) -> models.ExistsResponse:
+    return models.ExistsResponse(exists=runner.exists(sandbox_id, body.path))

@@ -110,6 +110,24 @@ def test_another_orgs_sandbox_is_not_found_on_every_route(
             assert answer.status_code == 404, (method, path)
 
 
+def test_refusals_come_key_first_then_sandbox_then_input(
+    backend: BackendServer, api_key: str, sandbox_id: str
+) -> None:
+    # Bad input on every route that takes any: a stranger must learn of the key, then of
+    # the sandbox, before any rule of the body or query is checked.
+    bad_input = [
+        (method, path, b"{") for method, path, body in SANDBOX_ROUTES if body is not None
+    ] + [("POST", "/v1/sandbox/{id}/filesystem/write-file", b"x")]  # no ?path=
+    for key, expected in [(None, 401), (backend.new_api_key(), 404), (api_key, 400)]:
+        with http(backend, key) as raw:
+            for method, template, content in bad_input:
+                path = template.format(id=sandbox_id)
+                answer = raw.request(
+                    method, path, content=content, headers={"content-type": "application/json"}
+                )
+                assert answer.status_code == expected, (key is None, method, path, answer.text)
+
+
 def test_keys_of_one_org_share_it(backend: BackendServer, sandbox_id: str, api_key: str) -> None:
     from pulumi_leap0.backend.store import DB_FILE_NAME, Store
 

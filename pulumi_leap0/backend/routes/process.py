@@ -1,0 +1,20 @@
+"""Processes in a sandbox (the document's ``Process`` tag): run a command, wait for it."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from pulumi_leap0 import spec
+from pulumi_leap0.backend import runtime
+from pulumi_leap0.backend.dependencies import InSandbox
+from pulumi_leap0.backend.routing import Router, body_schema, json_response, parse_body
+
+router = Router(tags=["Process"])
+
+
+@router.post("/v1/sandbox/{sandbox_id}/process/execute", response_model=spec.ExecuteResponse,
+             openapi_extra=body_schema(spec.ExecuteRequest))
+async def execute(request: Request, scope: InSandbox) -> Response:
+    body = await parse_body(request, spec.ExecuteRequest)
+    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.execute, body))

@@ -1,0 +1,76 @@
+"""Sandboxes (the document's ``Sandbox`` tag, less mounts): create, status, delete, list,
+pause, stop, start."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from pulumi_leap0 import spec
+from pulumi_leap0.backend import errors, models
+from pulumi_leap0.backend.dependencies import Caller, InSandbox
+from pulumi_leap0.backend.routing import (
+    Router,
+    body_schema,
+    json_response,
+    no_content,
+    parse_body,
+    query_parameters,
+)
+
+router = Router(tags=["Sandbox"])
+
+
+@router.post("/v1/sandbox/", status_code=201, response_model=spec.Sandbox,
+             openapi_extra=body_schema(spec.SandboxCreateRequest))
+async def create_sandbox(request: Request, caller: Caller) -> Response:
+    body = await parse_body(request, spec.SandboxCreateRequest)
+    record = await caller.lifecycle.create(caller.org, body)
+    return json_response(record.public(), 201)
+
+
+@router.get("/v1/sandbox/{sandbox_id}/", response_model=spec.Sandbox)
+async def get_sandbox(scope: InSandbox) -> Response:
+    return json_response(scope.sandbox.public())
+
+
+@router.delete("/v1/sandbox/{sandbox_id}/", status_code=204)
+async def delete_sandbox(scope: InSandbox) -> Response:
+    await scope.lifecycle.delete(scope.sandbox)
+    return no_content()
+
+
+@router.get("/v1/sandboxes", response_model=spec.SandboxList,
+            openapi_extra=query_parameters(models.ListQuery))
+async def list_sandboxes(request: Request, caller: Caller) -> Response:
+    try:
+        query = spec.validate(models.ListQuery, dict(request.query_params))
+    except spec.SpecError as exc:
+        # The document allows either error shape here, and a body with ``errors`` also
+        # matches the plain one, so only ``{"message"}`` satisfies its ``oneOf``.
+        raise errors.ApiError(400, f"Invalid query: {exc}") from None
+    records, total = caller.lifecycle.store.list_sandboxes(
+        caller.org,
+        state=query.state,
+        sort=query.sort,
+        descending=query.order_by == "desc",
+        page=query.page,
+        page_size=query.page_size,
+    )
+    listing = spec.SandboxList(items=[r.list_item() for r in records], total_items=total)
+    return json_response(listing)
+
+
+@router.post("/v1/sandbox/{sandbox_id}/pause", status_code=201, response_model=spec.Sandbox)
+async def pause_sandbox(scope: InSandbox) -> Response:
+    return json_response((await scope.lifecycle.pause(scope.sandbox)).public(), 201)
+
+
+@router.post("/v1/sandbox/{sandbox_id}/stop", response_model=spec.Sandbox)
+async def stop_sandbox(scope: InSandbox) -> Response:
+    return json_response((await scope.lifecycle.stop(scope.sandbox)).public())
+
+
+@router.post("/v1/sandbox/{sandbox_id}/start", response_model=spec.Sandbox)
+async def start_sandbox(scope: InSandbox) -> Response:
+    return json_response((await scope.lifecycle.start(scope.sandbox)).public())
