@@ -11,7 +11,8 @@ import pytest
 
 from pulumi_leap0.runner import launch
 from pulumi_leap0.runner.exec import exec_argv
-from pulumi_leap0.runner.identity import HostIdentity
+from pulumi_leap0.runner.identity import HostIdentity, write_etc
+from pulumi_leap0.runner.layer import PARTS
 from pulumi_leap0.runner.network import NetworkHandle
 from pulumi_leap0.runner.templates import Template
 
@@ -66,21 +67,20 @@ def test_the_args_file_holds_each_option_whole_and_only_for_us(tmp_path: Path) -
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-def _fake_root(tmp_path: Path) -> Path:
+def _inputs(tmp_path: Path) -> tuple[Template, Path, Path]:
+    """A template root with a symlinked /bin, a secret and a hidden directory in /etc and
+    room under /opt; a layer; the generated /etc files. Returns (template, layer, etc)."""
     root = tmp_path / "rootfs"
     (root / "usr" / "bin").mkdir(parents=True)
     (root / "bin").symlink_to("usr/bin")
     (root / "etc" / "ssh").mkdir(parents=True)
     (root / "etc" / "shadow").write_text("root:*:1::::::\n")
     (root / "opt" / "leap0").mkdir(parents=True)
-    return root
-
-
-def _layer(tmp_path: Path) -> Path:
+    template = Template(name="test/fake", rootfs=root)
     layer = tmp_path / "layer"
-    for part in ("home", "tmp", "vartmp", "shm"):
+    for part, _mode in PARTS:
         (layer / part).mkdir(parents=True)
-    return layer
+    return template, layer, write_etc(tmp_path, "sbx-1", template)
 
 
 def _fd_targets(options: list[str]) -> dict[str, str]:
@@ -93,12 +93,8 @@ def _fd_targets(options: list[str]) -> dict[str, str]:
 
 
 def test_bwrap_options_build_the_root_from_the_template_and_the_layer(tmp_path: Path) -> None:
-    root = _fake_root(tmp_path)
-    template = Template(name="test/fake", rootfs=root)
-    layer, etc = _layer(tmp_path), tmp_path / "etc"
-    etc.mkdir()
-    for name in ("passwd", "group", "hostname", "hosts"):
-        (etc / name).write_text("")
+    template, layer, etc = _inputs(tmp_path)
+    root = template.rootfs
     with launch.HostFds() as fds:
         options = launch.bwrap_options(
             sandbox_id="sbx-1", template=template, etc_dir=etc, layer=layer, staging=None,
@@ -132,12 +128,7 @@ def test_bwrap_options_build_the_root_from_the_template_and_the_layer(tmp_path: 
 
 
 def test_bwrap_options_bind_the_network_files_only_where_they_can_land(tmp_path: Path) -> None:
-    root = _fake_root(tmp_path)
-    template = Template(name="test/fake", rootfs=root)
-    layer, etc = _layer(tmp_path), tmp_path / "etc"
-    etc.mkdir()
-    for name in ("passwd", "group", "hostname", "hosts"):
-        (etc / name).write_text("")
+    template, layer, etc = _inputs(tmp_path)
     bundle, staging = tmp_path / "egress-ca.crt", tmp_path / "mnt"
     bundle.write_text("")
     staging.mkdir()
