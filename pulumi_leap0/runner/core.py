@@ -335,14 +335,11 @@ class Runner:
             # Give host-side nsenter processes of running execs the moment they need to
             # reap their (now killed) children and exit on their own (see exec._kill_call).
             deadline = time.monotonic() + 0.5
-            while (self._cgroups.exists(rel) and self._cgroups.populated(rel)
-                   and time.monotonic() < deadline):
+            while self._cgroups.populated(rel) and time.monotonic() < deadline:
                 time.sleep(0.002)
-        if self._cgroups.exists(rel):
-            self._cgroups.kill(rel)
-        if box is not None and box.outer_pid:
-            # With cgroups the kill above took it already (it is the chain's first process);
-            # without, nothing else will.
+        if not self._cgroups.kill(rel) and box is not None and box.outer_pid:
+            # No cgroup kill emptied the sandbox's cgroup (NoCgroups has none), so the
+            # chain's first process, bubblewrap's monitor, may be left: ours to kill.
             with contextlib.suppress(ProcessLookupError):
                 if sysutil.process_ppid(box.outer_pid) == os.getpid():
                     os.kill(box.outer_pid, signal.SIGKILL)
