@@ -1,8 +1,8 @@
 """The launch chain: how a sandbox's first process comes to be.
 
 One chain of programs, started from a clean environment (``HOST_ENV``), each link doing one
-thing and then becoming the next (``exec``), so the sandbox's init is the same process that
-joined the cgroups:
+thing and then becoming the next (``exec``), so bubblewrap is the very process that joined
+the cgroups and everything it starts, the sandbox's init first, is born inside them:
 
 1. ``sh -c JOIN leap0-join <cgroup.procs>... --`` writes its own pid into the sandbox's
    cgroups, so every later process, user code included, is inside the limits from its
