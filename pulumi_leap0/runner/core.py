@@ -117,7 +117,7 @@ class Runner:
         self._records = state.Records(self.root_dir, self.runtime_dir)
         self._cgroups = cgroups.for_scope(self._cg_scope())
         self._netns = (self._privileged
-                       and shutil.which("ip", path=launch.HOST_ENV["PATH"]) is not None)
+                       and shutil.which("ip", path=sysutil.HOST_ENV["PATH"]) is not None)
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}

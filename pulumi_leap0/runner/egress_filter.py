@@ -33,7 +33,6 @@ FILTER_OOM_SCORE_ADJ = -900
 #: How long the egress filter may take to listen before the start fails.
 FILTER_START_TIMEOUT_S = 15.0
 RECORD = "egress.json"
-_HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
 def cgroup(cgroups: Cgroups, sandbox_cgroup: str) -> list[Path]:
@@ -144,5 +143,5 @@ def _spawn() -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-I", "-m", "pulumi_leap0.runner.egress"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
-        env=_HOST_ENV, start_new_session=True,  # outlives the backend, like the sandbox
+        env=sysutil.HOST_ENV, start_new_session=True,  # outlives the backend, like the sandbox
     )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pulumi_leap0.runner import files, launch
+from pulumi_leap0.runner import files, launch, sysutil
 from pulumi_leap0.runner.cgroups import Cgroups
 from pulumi_leap0.runner.errors import RunnerError, SandboxFrozenError
 from pulumi_leap0.runner.state import SandboxState
@@ -58,7 +58,7 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
     argv = exec_argv(cgroup_procs=cgroups.procs_files(call), init_pid=box.init_pid,
                      uid=box.uid, workdir=workdir, env=merged, command=command)
     try:
-        proc = subprocess.Popen(argv, env=launch.HOST_ENV, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, cwd="/")
     except OSError as exc:

@@ -1,6 +1,6 @@
 """The launch chain: how a sandbox's first process comes to be.
 
-One chain of programs, started from a clean environment (``HOST_ENV``), each link doing one
+One chain of programs, started from a clean environment (``sysutil.HOST_ENV``), each link doing one
 thing and then becoming the next (``exec``), so bubblewrap is the very process that joined
 the cgroups and everything it starts, the sandbox's init first, is born inside them:
 
@@ -40,7 +40,6 @@ from pulumi_leap0.runner.layer import STAGING_SANDBOX
 from pulumi_leap0.runner.network import NetworkHandle
 from pulumi_leap0.runner.templates import HIDDEN_DIRS, HIDDEN_FILES, Template
 
-HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 START_TIMEOUT_S = 15.0
 # Join every cgroup given before "--", then become the rest of the command line.
 JOIN = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 121; shift; done; '
@@ -245,7 +244,7 @@ def spawn(options: Sequence[str], *, state_dir: Path, cgroup_procs: Sequence[Pat
         log_path = state_dir / "init.log"
         with open(log_path, "ab") as errlog:
             proc = subprocess.Popen(
-                argv, env=HOST_ENV, stdin=subprocess.DEVNULL, stdout=ready_w, stderr=errlog,
+                argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL, stdout=ready_w, stderr=errlog,
                 pass_fds=(info_w, args_fd, *fds.fds), start_new_session=True, cwd="/",
             )
     except BaseException:

@@ -74,7 +74,6 @@ NFT = "nft"
 TRUST_BUNDLE = "/run/leap0/ca-certificates.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
-_HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 #: Where sandboxes' veth addresses come from: one /30 each (host .1, sandbox .2).
 SANDBOX_NET = ipaddress.IPv4Network("10.201.0.0/16")
@@ -153,7 +152,7 @@ def netns_name(sandbox_id: str, scope: str) -> str:
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [IP, *args], env=_HOST_ENV, capture_output=True, text=True, check=False, timeout=30
+        [IP, *args], env=sysutil.HOST_ENV, capture_output=True, text=True, check=False, timeout=30
     )
 
 
@@ -194,7 +193,7 @@ def _connect(name: str) -> None:
                     "link set eth0 up\n"
                     f"route add default via {host_ip}\n")
     for prefix, batch in (((), host_side), (("-n", name), sandbox_side)):
-        done = subprocess.run([IP, *prefix, "-batch", "-"], input=batch, env=_HOST_ENV,
+        done = subprocess.run([IP, *prefix, "-batch", "-"], input=batch, env=sysutil.HOST_ENV,
                               capture_output=True, text=True, check=False, timeout=30)
         if done.returncode != 0:
             raise RunnerError(f"could not connect the sandbox network: {done.stderr.strip()}")
@@ -208,7 +207,7 @@ def _install_nat() -> None:
     global _nat_installed
     if _nat_installed:
         return
-    nft = subprocess.run([NFT, "-f", "-"], input=_NFT_RULES, env=_HOST_ENV,
+    nft = subprocess.run([NFT, "-f", "-"], input=_NFT_RULES, env=sysutil.HOST_ENV,
                          capture_output=True, text=True, check=False, timeout=30)
     if nft.returncode != 0:
         raise RunnerError(f"could not install the sandbox NAT rules: {nft.stderr.strip()}")
@@ -251,7 +250,7 @@ def _filter(name: str, path: Path, policy: spec.NetworkPolicy, state_dir: Path, 
     rules = _EGRESS_RULES.format(elements=f"elements = {{ {cidrs} }};" if cidrs else "",
                                  dns_port=DNS_PORT, proxy_port=PROXY_PORT)
     done = subprocess.run(["nsenter", f"--net={path}", NFT, "-f", "-"], input=rules,
-                          env=_HOST_ENV, capture_output=True, text=True, check=False,
+                          env=sysutil.HOST_ENV, capture_output=True, text=True, check=False,
                           timeout=30)
     if done.returncode != 0:
         raise RunnerError(f"could not install the egress rules: {done.stderr.strip()}")
