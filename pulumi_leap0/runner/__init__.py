@@ -1,12 +1,22 @@
 """Real, isolated, resource-limited sandboxes on Linux; knows nothing about HTTP.
 
 The backend drives sandboxes through ``Runner`` only (start, exec, freeze, thaw, stop,
-destroy, recover, mount, unmount, the file helpers, capabilities). Module map:
-``core`` the runner, ``cgroups`` limits and the freezer (v1 and v2), ``templates`` root
-file systems and defaults, ``files`` path-safe file access inside a sandbox,
-``network`` namespaces and egress policy (``egress`` the filter process of custom
-policies), ``mounts`` object-storage mounts,
-``capabilities`` the report of what this host can guarantee.
+destroy, recover, mount, unmount, the file helpers, capabilities). Module map, one concern
+each:
+
+- ``core``: ``Runner``, the lifecycle; its docstring tells a sandbox's life step by step.
+- ``state``: the per-sandbox record (``state.json``) a restarted backend finds it by.
+- ``identity``: the sandbox's user, inside and on the host, and its ``/etc`` identity files.
+- ``layer``: the writable layer and the staging mount, on the host.
+- ``launch``: the init's process chain, as argv (cgroup join, netns, uid drop, bubblewrap).
+- ``exec``: one command in a running sandbox, and killing its process tree on timeout.
+- ``cgroups``: limits and the freezer (v1 and v2), or ``NoCgroups`` where there are none.
+- ``network``: namespaces and egress policy; ``egress_filter`` runs the filter process of
+  custom policies, which is ``egress``.
+- ``mounts``: object-storage mounts. ``files``: path-safe file access inside a sandbox.
+- ``templates``: root file systems and defaults. ``capabilities``: what this host can
+  guarantee. ``sysutil``: system calls the standard library lacks. ``types``, ``errors``:
+  what crosses to the backend.
 """
 
 # Loaded on first use: the egress filter (``runner.egress``), a process of its own per
@@ -26,9 +36,6 @@ if TYPE_CHECKING:
         Limits,
     )
     from pulumi_leap0.runner.core import (
-        DEFAULT_EXEC_TIMEOUT_S,
-        EXIT_TIMED_OUT,
-        SANDBOX_HOST_UID_BASE,
         Runner,
         short_hash,
     )
@@ -37,6 +44,13 @@ if TYPE_CHECKING:
         SandboxFrozenError,
         SandboxNotFoundError,
         SandboxNotRunningError,
+    )
+    from pulumi_leap0.runner.exec import (
+        DEFAULT_EXEC_TIMEOUT_S,
+        EXIT_TIMED_OUT,
+    )
+    from pulumi_leap0.runner.identity import (
+        SANDBOX_HOST_UID_BASE,
     )
     from pulumi_leap0.runner.templates import (
         DEFAULT_DISK_MIB,
@@ -80,9 +94,9 @@ _LAZY = {
     "Capabilities": "pulumi_leap0.runner.capabilities",
     "Cgroups": "pulumi_leap0.runner.cgroups",
     "Limits": "pulumi_leap0.runner.cgroups",
-    "DEFAULT_EXEC_TIMEOUT_S": "pulumi_leap0.runner.core",
-    "EXIT_TIMED_OUT": "pulumi_leap0.runner.core",
-    "SANDBOX_HOST_UID_BASE": "pulumi_leap0.runner.core",
+    "DEFAULT_EXEC_TIMEOUT_S": "pulumi_leap0.runner.exec",
+    "EXIT_TIMED_OUT": "pulumi_leap0.runner.exec",
+    "SANDBOX_HOST_UID_BASE": "pulumi_leap0.runner.identity",
     "Runner": "pulumi_leap0.runner.core",
     "short_hash": "pulumi_leap0.runner.core",
     "RunnerError": "pulumi_leap0.runner.errors",

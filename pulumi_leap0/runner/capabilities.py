@@ -49,7 +49,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
-def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
+def probe(cgroups: Cgroups, scope: str) -> Capabilities:
     root = os.geteuid() == 0
     bwrap = shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
     version: str | None = None
@@ -63,8 +63,7 @@ def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
                       "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
                       "--", "/bin/true"])
         namespaces = trial is not None and trial.returncode == 0
-    writable = (cgroups.probe_writable(f"leap0/{scope}/probe-{os.getpid()}")
-                if cgroups is not None and root else {})
+    writable = cgroups.probe_writable(f"leap0/{scope}/probe-{os.getpid()}") if root else {}
     netns = root and shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None \
         and shutil.which("nsenter", path="/usr/bin:/bin") is not None
     nft = shutil.which("nft", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None
@@ -76,7 +75,7 @@ def probe(cgroups: Cgroups | None, scope: str) -> Capabilities:
         bubblewrap=bwrap is not None,
         bubblewrap_version=version,
         namespaces=namespaces,
-        cgroup_version=cgroups.version if cgroups is not None else None,
+        cgroup_version=cgroups.version,
         cpu=writable.get("cpu", False),
         memory=writable.get("memory", False),
         pids=writable.get("pids", False),

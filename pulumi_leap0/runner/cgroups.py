@@ -12,18 +12,28 @@ same relative path is created in each. v2: one tree; the controllers are delegat
 the sandbox cgroup through ``cgroup.subtree_control``; the sandbox cgroup itself enables
 none, so it may hold processes next to its children (the "no internal processes" rule
 only applies to cgroups that distribute controllers).
+
+Where the runner has no cgroups to use (not root, none mounted, none writable), ``for_scope``
+answers a ``NoCgroups``: the same calls, doing nothing and finding nothing, so the runner
+never asks whether cgroups exist (crun's do-nothing cgroup manager). Limits then go
+unenforced, which the capability report says.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from pulumi_leap0.runner.errors import RunnerError
+
+log = logging.getLogger("leap0.runner")
 
 CPU_PERIOD_US = 100_000
 DEFAULT_PIDS_MAX = 512
@@ -73,12 +83,13 @@ def _mountinfo_cgroups(text: str) -> tuple[dict[str, Path], Path | None]:
 
 class Cgroups:
     """Sandbox cgroups on one host. ``version`` is 1 or 2; ``roots`` maps v1 controller
-    names to their hierarchy roots, or ``{"unified": root}`` for v2."""
+    names to their hierarchy roots, or ``{"unified": root}`` for v2 (see ``NoCgroups``)."""
 
     def __init__(self, version: int, roots: Mapping[str, Path]) -> None:
         if version not in (1, 2):
             raise ValueError("cgroup version must be 1 or 2")
-        self.version = version
+        #: None only for ``NoCgroups``: no hierarchy at all.
+        self.version: int | None = version
         self.roots = dict(roots)
 
     # --- Discovery ----------------------------------------------------------------------
@@ -308,6 +319,17 @@ class Cgroups:
             time.sleep(0.002)
         return True
 
+    def kill_all_but(self, rel: str, spare: int) -> bool:
+        """SIGKILL every process in ``rel`` and below except ``spare``, frozen first so none
+        forks away meanwhile. False when there is no cgroup to find them by."""
+        frozen = self.freeze(rel, timeout=1.0)
+        for pid in self.pids(rel) - {spare}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if frozen:
+            self.thaw(rel)
+        return True
+
     def remove(self, rel: str, *, timeout: float = 2.0) -> None:
         """Remove ``rel`` and its children from every hierarchy (missing is fine)."""
         for base in self.dirs(rel):
@@ -396,3 +418,54 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 self.remove(rel, timeout=0.5)
         return result
+
+
+class NoCgroups(Cgroups):
+    """No cgroups on this host for the runner: nothing is created, limited or found.
+
+    ``create`` and ``remove`` do nothing, queries answer empty or zero, ``kill`` and
+    ``kill_all_but`` answer False (the caller must reach the processes another way), and
+    the freezer refuses with the reason, since pausing without it would be a lie.
+    """
+
+    def __init__(self) -> None:
+        # No hierarchy: every method of Cgroups that walks ``roots`` finds nothing.
+        self.version = None
+        self.roots = {}
+
+    def controllers(self) -> dict[str, bool]:
+        return {c: False for c in V1_CONTROLLERS}
+
+    def pids(self, rel: str) -> set[int]:
+        return set()
+
+    def freeze(self, rel: str, *, timeout: float = 5.0) -> bool:
+        raise RunnerError("pause needs the cgroup freezer, which this host does not offer")
+
+    def thaw(self, rel: str) -> None:
+        raise RunnerError("resume needs the cgroup freezer, which this host does not offer")
+
+    def kill(self, rel: str, *, timeout: float = 5.0) -> bool:
+        return False
+
+    def kill_all_but(self, rel: str, spare: int) -> bool:
+        return False
+
+    def probe_writable(self, rel: str) -> dict[str, bool]:
+        return self.controllers()
+
+
+def for_scope(rel: str) -> Cgroups:
+    """This host's cgroups with a runner's scope ``rel`` made, or ``NoCgroups`` where the
+    runner cannot use them (not root, none mounted, not writable)."""
+    if os.geteuid() != 0:
+        return NoCgroups()
+    found = Cgroups.detect()
+    if found is None:
+        return NoCgroups()
+    try:
+        found.create(rel)
+    except OSError:
+        log.warning("cgroups present but not writable: sandboxes run without limits")
+        return NoCgroups()
+    return found

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pulumi_leap0.runner import sysutil
+from pulumi_leap0.runner.identity import owner_names
+from pulumi_leap0.runner.state import SandboxState
 from pulumi_leap0.runner.types import FileInfo
 
 MAX_READ_BYTES = 256 * 1024 * 1024
@@ -36,6 +38,13 @@ class SandboxView:
     gid: int
     workdir: str
     names: Mapping[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, box: SandboxState, *, dedicated: bool) -> SandboxView:
+        """The view of a running sandbox; ``dedicated``: its host ids are its own."""
+        return cls(init_pid=box.init_pid, uid=box.host_uid, gid=box.host_gid,
+                   workdir=box.workdir,
+                   names=owner_names(box.user, box.host_uid, box.host_gid, dedicated=dedicated))
 
 
 def normalize(path: str, workdir: str) -> str:

@@ -6,24 +6,28 @@ sandbox inside ``NetworkHandle.netns_path`` (``nsenter --net=<path>`` before bub
 so bubblewrap does not unshare the network itself.
 
 Contract between the runner and this module (stable; the policy implementation may change
-everything behind it):
+everything behind it). ``policy`` is always the contract's ``spec.NetworkPolicy`` (``mode``:
+allow-all | deny-all | custom, ``allow_domains``, ``allow_cidrs``, ``transforms`` with
+header values) or None for the default, allow-all.
 
-``setup(sandbox_id, policy, state_dir, *, scope, egress, bind_dir) -> NetworkHandle``
-    Called by ``Runner.start`` before any sandbox process exists. ``policy`` is the
-    contract's ``NetworkPolicy`` (``mode``: allow-all | deny-all | custom, ``allow_domains``,
-    ``allow_cidrs``, ``transforms``) or None for the default. ``state_dir`` is the
+``setup(sandbox_id, policy, state_dir, *, scope, egress, bind_dir, cgroup) -> NetworkHandle``
+    Called by ``Runner.start`` before any sandbox process exists. ``state_dir`` is the
     sandbox's private host-side directory (never visible inside the sandbox): the egress
     filter's pid record and log go there. ``bind_dir`` is a host directory bubblewrap can
     read as the sandbox's uid: files bound into the sandbox (the CA bundle) go there.
-    ``egress`` says how filters resolve names and verify upstream TLS. Returns the
-    namespace to join, environment variables every sandbox process must get (the trust
-    bundle's path), and host files to bind read-only into the sandbox as
-    ``(host_path, sandbox_path)``. On failure raises ``RunnerError`` after undoing what it
-    made.
-``ensure_filter(sandbox_id, policy, state_dir, *, scope, egress, bind_dir) -> bool``
-    Called after a restart: a custom-policy sandbox whose egress filter died gets a new one.
-``stop_filter(state_dir)``
-    Stops the sandbox's egress filter, if it has one. Idempotent; teardown does it too.
+    ``egress`` says how filters resolve names and verify upstream TLS; ``cgroup`` is the
+    ``cgroup.procs`` files the filter joins (``egress_filter.cgroup``; empty without
+    cgroups). Returns the namespace to join, environment variables every sandbox process
+    must get (the trust bundle's path), and host files to bind read-only into the sandbox
+    as ``(host_path, sandbox_path)``. On failure raises ``RunnerError`` after undoing what
+    it made.
+``ensure_filter(sandbox_id, policy, state_dir, *, scope, egress, bind_dir, cgroup) -> bool``
+    Called after a restart or a thaw: a custom-policy sandbox whose egress filter died gets
+    a new one; says whether it had to.
+``needs_filter(policy) -> bool``
+    Whether the policy has an egress filter (so whether to make its cgroup). The runner
+    stops a filter with ``egress_filter.stop(state_dir)`` before it kills the sandbox's
+    processes; ``teardown`` does it too.
 ``teardown(sandbox_id, *, scope, state_dir)``
     Called by stop/destroy/recover after every sandbox process is dead. Idempotent.
 ``list_netns(scope) -> list[str]``
@@ -40,8 +44,9 @@ What each policy gets:
 * ``custom``: the allow-all plumbing, plus nftables rules inside the sandbox's namespace
   (which its processes cannot change) that let only ``allow_cidrs`` through the veth and
   hand every DNS query and every other TCP connection to the sandbox's egress filter, a
-  host-side process started here before any sandbox process exists (``runner/egress``).
-  With transforms, the filter's CA is bound into the sandbox as its trust bundle.
+  host-side process (``runner/egress``, run by ``egress_filter``) started here before any
+  sandbox process exists. With transforms, the filter's CA is bound into the sandbox as its
+  trust bundle.
 """
 
 from __future__ import annotations
@@ -49,20 +54,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
 import os
-import select
-import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pulumi_leap0.runner import sysutil
-from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, READY, EgressConfig
+from pulumi_leap0 import spec
+from pulumi_leap0.runner import egress_filter, sysutil
+from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, EgressConfig
 from pulumi_leap0.runner.errors import RunnerError
 
 NETNS_DIR = Path("/run/netns")
@@ -74,11 +74,6 @@ NFT = "nft"
 TRUST_BUNDLE = "/run/leap0/ca-certificates.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
-#: Below every sandbox process (0): in an out-of-memory sandbox the filter is killed last.
-FILTER_OOM_SCORE_ADJ = -900
-#: How long the egress filter may take to listen before the start fails.
-FILTER_START_TIMEOUT_S = 15.0
-_HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 #: Where sandboxes' veth addresses come from: one /30 each (host .1, sandbox .2).
 SANDBOX_NET = ipaddress.IPv4Network("10.201.0.0/16")
@@ -157,12 +152,12 @@ def netns_name(sandbox_id: str, scope: str) -> str:
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [IP, *args], env=_HOST_ENV, capture_output=True, text=True, check=False, timeout=30
+        [IP, *args], env=sysutil.HOST_ENV, capture_output=True, text=True, check=False, timeout=30
     )
 
 
-def _mode(policy: Any) -> str:
-    return str(getattr(policy, "mode", None) or "allow-all")
+def _mode(policy: spec.NetworkPolicy | None) -> str:
+    return policy.mode if policy is not None else "allow-all"
 
 
 def _veth_names(name: str) -> tuple[str, str]:
@@ -198,7 +193,7 @@ def _connect(name: str) -> None:
                     "link set eth0 up\n"
                     f"route add default via {host_ip}\n")
     for prefix, batch in (((), host_side), (("-n", name), sandbox_side)):
-        done = subprocess.run([IP, *prefix, "-batch", "-"], input=batch, env=_HOST_ENV,
+        done = subprocess.run([IP, *prefix, "-batch", "-"], input=batch, env=sysutil.HOST_ENV,
                               capture_output=True, text=True, check=False, timeout=30)
         if done.returncode != 0:
             raise RunnerError(f"could not connect the sandbox network: {done.stderr.strip()}")
@@ -212,7 +207,7 @@ def _install_nat() -> None:
     global _nat_installed
     if _nat_installed:
         return
-    nft = subprocess.run([NFT, "-f", "-"], input=_NFT_RULES, env=_HOST_ENV,
+    nft = subprocess.run([NFT, "-f", "-"], input=_NFT_RULES, env=sysutil.HOST_ENV,
                          capture_output=True, text=True, check=False, timeout=30)
     if nft.returncode != 0:
         raise RunnerError(f"could not install the sandbox NAT rules: {nft.stderr.strip()}")
@@ -220,7 +215,7 @@ def _install_nat() -> None:
     _nat_installed = True
 
 
-def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
+def setup(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir: Path, *, scope: str,
           egress: EgressSettings | None = None, bind_dir: Path | None = None,
           cgroup: Sequence[Path] = ()) -> NetworkHandle:
     """Create the sandbox's namespace, connected as its policy allows (module docstring)."""
@@ -239,7 +234,7 @@ def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
         mode = _mode(policy)
         if mode in ("allow-all", "custom"):
             _connect(name)
-        if mode == "custom":
+        if policy is not None and mode == "custom":
             return _filter(name, path, policy, state_dir, bind_dir or state_dir,
                            egress or EgressSettings(), cgroup)
     except BaseException:
@@ -248,19 +243,19 @@ def setup(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
     return NetworkHandle(netns_name=name, netns_path=path)
 
 
-def _filter(name: str, path: Path, policy: Any, state_dir: Path, bind_dir: Path,
+def _filter(name: str, path: Path, policy: spec.NetworkPolicy, state_dir: Path, bind_dir: Path,
             egress: EgressSettings, cgroup: Sequence[Path]) -> NetworkHandle:
     """Rules in the namespace, then the egress filter: the custom policy, enforced."""
     cidrs = ", ".join(policy.allow_cidrs)
     rules = _EGRESS_RULES.format(elements=f"elements = {{ {cidrs} }};" if cidrs else "",
                                  dns_port=DNS_PORT, proxy_port=PROXY_PORT)
     done = subprocess.run(["nsenter", f"--net={path}", NFT, "-f", "-"], input=rules,
-                          env=_HOST_ENV, capture_output=True, text=True, check=False,
+                          env=sysutil.HOST_ENV, capture_output=True, text=True, check=False,
                           timeout=30)
     if done.returncode != 0:
         raise RunnerError(f"could not install the egress rules: {done.stderr.strip()}")
     config = _filter_config(path, policy, bind_dir, egress)
-    _start_filter(config, state_dir, cgroup)
+    egress_filter.start(config, state_dir, cgroup)
     if config.ca_bundle_path is None:
         return NetworkHandle(netns_name=name, netns_path=path)
     bundle = Path(config.ca_bundle_path)
@@ -270,7 +265,7 @@ def _filter(name: str, path: Path, policy: Any, state_dir: Path, bind_dir: Path,
         extra_ro_binds=[(bundle, TRUST_BUNDLE), (bundle, SYSTEM_BUNDLE)])
 
 
-def _filter_config(path: Path, policy: Any, bind_dir: Path,
+def _filter_config(path: Path, policy: spec.NetworkPolicy, bind_dir: Path,
                    egress: EgressSettings) -> EgressConfig:
     bundle = bind_dir / "egress-ca.crt" if policy.transforms else None
     return EgressConfig(
@@ -281,131 +276,29 @@ def _filter_config(path: Path, policy: Any, bind_dir: Path,
         ca_bundle_path=str(bundle) if bundle else None, system_ca_file=SYSTEM_BUNDLE)
 
 
-def needs_filter(policy: Any) -> bool:
+def needs_filter(policy: spec.NetworkPolicy | None) -> bool:
     return _mode(policy) == "custom"
 
 
-def ensure_filter(sandbox_id: str, policy: Any, state_dir: Path, *, scope: str,
-                  egress: EgressSettings | None = None, bind_dir: Path | None = None,
-                  cgroup: Sequence[Path] = ()) -> bool:
+def ensure_filter(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir: Path, *,
+                  scope: str, egress: EgressSettings | None = None,
+                  bind_dir: Path | None = None, cgroup: Sequence[Path] = ()) -> bool:
     """Start a custom-policy sandbox's egress filter again if it died, and say whether it
     had to. Without its filter such a sandbox is cut off (the rules stay), not unfiltered.
     A new filter has a new CA; it rewrites the bundle in place, which the sandbox sees."""
-    if not needs_filter(policy) or _filter_alive(state_dir):
+    if policy is None or not needs_filter(policy) or egress_filter.alive(state_dir):
         return False
     path = NETNS_DIR / netns_name(sandbox_id, scope)
     if not path.exists():
         raise RunnerError("the sandbox has no network namespace to filter")
-    stop_filter(state_dir)  # forget the dead filter's record
-    _start_filter(_filter_config(path, policy, bind_dir or state_dir,
-                                 egress or EgressSettings()), state_dir, cgroup)
+    egress_filter.stop(state_dir)  # forget the dead filter's record
+    egress_filter.start(_filter_config(path, policy, bind_dir or state_dir,
+                                       egress or EgressSettings()), state_dir, cgroup)
     return True
 
 
-def _filter_alive(state_dir: Path) -> bool:
-    try:
-        record = json.loads((state_dir / "egress.json").read_text())
-    except (OSError, ValueError):
-        return False
-    started: int | None = record.get("start_time")
-    pid = int(record["pid"])
-    if started is None or sysutil.process_start_time(pid) != started:
-        return False
-    return not _kill_pending(pid)
-
-
-def _kill_pending(pid: int) -> bool:
-    """Whether ``pid`` has a SIGKILL it has not acted on yet (killed while frozen)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    pending = 0
-    for line in status.splitlines():
-        if line.startswith(("SigPnd:", "ShdPnd:")):
-            pending |= int(line.split()[1], 16)
-    return bool(pending >> (signal.SIGKILL - 1) & 1)
-
-
-def _start_filter(config: EgressConfig, state_dir: Path, cgroup: Sequence[Path]) -> None:
-    log_path = state_dir / "egress.log"
-    log_path.touch(mode=0o600)
-    config = replace(config, log_path=str(log_path))
-    process = _take_filter()
-    _filters[process.pid] = process
-    assert process.stdin is not None and process.stdout is not None
-    (state_dir / "egress.json").write_text(json.dumps(
-        {"pid": process.pid, "start_time": sysutil.process_start_time(process.pid)}))
-    try:
-        # The filter works for this sandbox only: its CPU and new memory count against the
-        # sandbox's limits (a sandbox cannot make it burn the host's CPU). Where the host
-        # lets us, the OOM killer takes the sandbox's own processes first, or one runaway
-        # program would cut the whole sandbox off.
-        for procs in cgroup:
-            procs.write_text(str(process.pid))
-        with contextlib.suppress(PermissionError):  # needs CAP_SYS_RESOURCE, not always ours
-            Path(f"/proc/{process.pid}/oom_score_adj").write_text(str(FILTER_OOM_SCORE_ADJ))
-        process.stdin.write(config.to_json().encode())
-        process.stdin.close()
-        ready, _, _ = select.select([process.stdout], [], [], FILTER_START_TIMEOUT_S)
-        line = process.stdout.readline().decode().strip() if ready else ""
-    except OSError:
-        line = ""
-    process.stdout.close()
-    if line != READY:
-        stop_filter(state_dir)
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-        raise RunnerError("the egress filter did not start" + (f": {tail[0]}" if tail else ""))
-
-
-_spare_lock = threading.Lock()
-_spare: subprocess.Popen[bytes] | None = None
-
-
-def _take_filter() -> subprocess.Popen[bytes]:
-    """A filter process with its imports done, waiting for its config on stdin.
-
-    Starting the interpreter and importing take ~0.4 s, most of a custom sandbox's start,
-    so once a runner has used one filter it keeps the next one ready. An unused spare ends
-    by itself when this process does (its stdin closes)."""
-    global _spare
-    with _spare_lock:
-        process = _spare if _spare is not None and _spare.poll() is None else _spawn_filter()
-        _spare = _spawn_filter()
-    return process
-
-
-def _spawn_filter() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-I", "-m", "pulumi_leap0.runner.egress"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
-        env=_HOST_ENV, start_new_session=True,  # outlives the backend, like the sandbox
-    )
-
-
-# Filters started by this process, so they are reaped (not left as zombies) when stopped.
-_filters: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def stop_filter(state_dir: Path | None) -> None:
-    record_path = state_dir / "egress.json" if state_dir else None
-    if record_path is None or not record_path.exists():
-        return
-    record = json.loads(record_path.read_text())
-    pid, start_time = int(record["pid"]), record.get("start_time")
-    # A pid alone may have been reused since: the start time tells our filter apart.
-    if sysutil.process_start_time(pid) == start_time:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    child = _filters.pop(pid, None)
-    if child is not None:  # reap it; a frozen one dies when its cgroup is thawed
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=10)
-    record_path.unlink(missing_ok=True)
-
-
 def teardown(sandbox_id: str, *, scope: str, state_dir: Path | None = None) -> None:
-    stop_filter(state_dir)
+    egress_filter.stop(state_dir)
     name = netns_name(sandbox_id, scope)
     path = NETNS_DIR / name
     # Deleting the namespace takes its end of the veth, and the host end with it; this

@@ -23,6 +23,10 @@ _libc.syscall.restype = ctypes.c_long
 _libc.setfsuid.argtypes = [ctypes.c_uint]
 _libc.setfsgid.argtypes = [ctypes.c_uint]
 
+#: The environment of the host-side programs the runner starts: nothing of the backend's
+#: (no proxies, no locale in output it parses), and the host's system directories as PATH.
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_REC = 0x4000

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from pulumi_leap0 import spec
 from pulumi_leap0.runner.errors import RunnerError
+
+_ENV_NAME = re.compile(r"^[^=\x00-][^=\x00]*$")
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    """What the runner itself refuses, whatever the caller checked: names and values go on
+    command lines as ``NAME=value``, where an ``=`` or a leading ``-`` in a name, or a NUL
+    anywhere, would mean something else."""
+    for name, value in env.items():
+        if not _ENV_NAME.match(name) or "\x00" in value:
+            raise RunnerError("environment variable names must not be empty or contain "
+                              "'=' or NUL, nor start with '-'")
 
 
 @dataclass(frozen=True)
@@ -31,9 +44,9 @@ class MountConfig:
 class SandboxConfig:
     """Everything ``Runner.start`` needs to boot a sandbox.
 
-    ``network_policy`` is the contract's ``NetworkPolicy`` model (anything with a ``mode``
-    attribute); the runner passes it to ``network.setup`` untouched. ``None`` means the
-    contract default (allow-all). ``disk_mib`` overrides the template's writable-layer size.
+    ``network_policy`` is the contract's model, header values included; the runner passes it
+    to ``network.setup`` untouched. ``None`` means the contract default (allow-all).
+    ``disk_mib`` overrides the template's writable-layer size.
     """
 
     id: str
@@ -41,7 +54,7 @@ class SandboxConfig:
     vcpu: int = 1
     memory_mib: int = 1024
     env: Mapping[str, str] = field(default_factory=dict)
-    network_policy: Any = None
+    network_policy: spec.NetworkPolicy | None = None
     mounts: Sequence[MountConfig] = ()
     disk_mib: int | None = None
 

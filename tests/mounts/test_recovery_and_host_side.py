@@ -63,7 +63,7 @@ def test_a_dead_sandbox_does_not_leave_rclone_running(
     runner: Runner, sandboxes: Sandboxes, s3: S3
 ) -> None:
     sid = sandboxes.start(mounts=[_mount(s3)])
-    box = runner._load(sid)
+    box = runner._records.get(sid)
     assert box is not None
     os.kill(box.init_pid, 9)  # the sandbox dies under the runner
     deadline = time.monotonic() + 5

@@ -1,11 +1,17 @@
 """The cgroup class on fake trees: the v2 path (no v2 controllers on our CI machines) and
-mountinfo detection. These are the only fakes in the runner tests."""
+mountinfo detection. These are the only fakes in the runner tests. And ``NoCgroups``, what
+the runner gets on a host without cgroups."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from pulumi_leap0.runner.cgroups import Cgroups, Limits
+import pytest
+
+from pulumi_leap0.runner.cgroups import Cgroups, Limits, NoCgroups
+from pulumi_leap0.runner.errors import RunnerError
 
 V2_MOUNTINFO = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
 HYBRID_MOUNTINFO = (
@@ -89,3 +95,36 @@ def test_v1_writes_every_hierarchy(tmp_path: Path) -> None:
     assert (tmp_path / "memory/leap0/s/b/memory.memsw.limit_in_bytes").read_text() == mem
     assert (tmp_path / "pids/leap0/s/b/pids.max").read_text() == "512"
     assert len(cg.procs_files("leap0/s/b")) == 5
+
+
+def test_without_cgroups_every_call_does_nothing_and_finds_nothing() -> None:
+    cg = NoCgroups()
+    cg.create("leap0/s/sbx-3", Limits(vcpu=2, memory_mib=512))
+    assert cg.version is None and not cg.exists("leap0/s/sbx-3")
+    assert cg.procs_files("leap0/s/sbx-3") == [] and cg.children("leap0/s") == []
+    assert cg.pids("leap0/s/sbx-3") == set() and not cg.populated("leap0/s/sbx-3")
+    assert not cg.is_frozen("leap0/s/sbx-3")
+    assert (cg.cpu_usage_ns("leap0/s/sbx-3"), cg.memory_bytes("leap0/s/sbx-3"),
+            cg.pids_current("leap0/s/sbx-3")) == (0, 0, 0)
+    assert not any(cg.probe_writable("leap0/s/probe").values())
+    assert cg.remove_if_empty("leap0/s/sbx-3")
+    cg.remove("leap0/s/sbx-3")
+
+
+def test_without_cgroups_killing_is_left_to_the_caller() -> None:
+    # A process the caller must reach another way: NoCgroups says so, and leaves it alone.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert NoCgroups().kill("leap0/s/sbx-3") is False
+        assert NoCgroups().kill_all_but("leap0/s/sbx-3", spare=0) is False
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_without_cgroups_pause_is_refused_with_the_reason() -> None:
+    with pytest.raises(RunnerError, match="pause needs the cgroup freezer"):
+        NoCgroups().freeze("leap0/s/sbx-3")
+    with pytest.raises(RunnerError, match="resume needs the cgroup freezer"):
+        NoCgroups().thaw("leap0/s/sbx-3")

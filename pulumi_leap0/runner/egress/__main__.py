@@ -132,7 +132,7 @@ def main() -> int:
     spec.NetworkPolicy.model_validate({"mode": "deny-all"})  # builds its validator now
     upstream_tls = _upstream_context()
     # The runner may start this process before it has a sandbox for it (a spare, see
-    # network._take_filter): everything above is done while it waits here.
+    # egress_filter._take): everything above is done while it waits here.
     config = EgressConfig.from_json(sys.stdin.read())
     if config.log_path:
         log_fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

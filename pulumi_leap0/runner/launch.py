@@ -1,0 +1,259 @@
+"""The launch chain: how a sandbox's first process comes to be.
+
+One chain of programs, started from a clean environment (``sysutil.HOST_ENV``), each link doing one
+thing and then becoming the next (``exec``), so bubblewrap is the very process that joined
+the cgroups and everything it starts, the sandbox's init first, is born inside them:
+
+1. ``sh -c JOIN leap0-join <cgroup.procs>... --`` writes its own pid into the sandbox's
+   cgroups, so every later process, user code included, is inside the limits from its
+   first instruction (``join_cgroups``);
+2. ``nsenter --net=<netns> --`` joins the sandbox's network namespace (``enter_netns``);
+3. ``setpriv --reuid --regid --clear-groups --`` drops to the sandbox's host uid
+   (``drop_to``);
+4. ``bwrap --args <fd> -- /bin/sh -c INIT`` makes the user, PID, mount, IPC, UTS and cgroup
+   namespaces and the read-only root (``bwrap``). Its options come from a file
+   (``write_args``), so host paths do not show up in the sandbox's ``ps``, and name host
+   paths by open fds (``HostFds``). ``bwrap_options`` builds them.
+
+Every link is a function that returns its argv, so the chain can be read and tested without
+root; ``init_argv`` joins them and ``spawn`` runs the result. The exec path (``exec.py``)
+uses ``join_cgroups`` too. A seccomp filter would be one more bubblewrap option here
+(``--seccomp <fd>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from pulumi_leap0.runner import sysutil
+from pulumi_leap0.runner.errors import RunnerError
+from pulumi_leap0.runner.identity import ETC_FILES, HostIdentity
+from pulumi_leap0.runner.layer import STAGING_SANDBOX
+from pulumi_leap0.runner.network import NetworkHandle
+from pulumi_leap0.runner.templates import HIDDEN_DIRS, HIDDEN_FILES, Template
+
+START_TIMEOUT_S = 15.0
+# Join every cgroup given before "--", then become the rest of the command line.
+JOIN = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 121; shift; done; '
+        'shift; exec "$@"')
+# The sandbox's pid 1 (bwrap --as-pid-1): a shell, because a namespace's init ignores every
+# signal from inside that it has no handler for, so the sandbox user cannot kill it (with
+# bwrap's own reaper as pid 1, ``kill -9 -1`` inside would end the sandbox), and because
+# dash's ``wait`` reaps any child, including orphans re-parented to it.
+INIT = ("echo ready; exec </dev/null >/dev/null 2>&1; "
+        "while :; do sleep 86400 & wait; done")
+
+
+# --- The links ------------------------------------------------------------------------------
+
+
+def join_cgroups(procs_files: Sequence[Path]) -> list[str]:
+    return ["/bin/sh", "-c", JOIN, "leap0-join", *(str(p) for p in procs_files), "--"]
+
+
+def enter_netns(netns_path: Path) -> list[str]:
+    return ["nsenter", f"--net={netns_path}", "--"]
+
+
+def drop_to(identity: HostIdentity) -> list[str]:
+    return ["setpriv", f"--reuid={identity.uid}", f"--regid={identity.gid}", "--clear-groups",
+            "--"]
+
+
+def bwrap(args_fd: int) -> list[str]:
+    # Options from the file; the command must follow on the real command line.
+    return ["bwrap", "--args", str(args_fd), "--", "/bin/sh", "-c", INIT]
+
+
+def init_argv(*, cgroup_procs: Sequence[Path], netns_path: Path | None,
+              identity: HostIdentity, args_fd: int) -> list[str]:
+    """The whole chain. Without a named netns bubblewrap unshares the network itself;
+    without root there is no uid to drop to."""
+    argv = join_cgroups(cgroup_procs)
+    if netns_path is not None:
+        argv += enter_netns(netns_path)
+    if identity.dedicated:
+        argv += drop_to(identity)
+    return argv + bwrap(args_fd)
+
+
+# --- bubblewrap's options -------------------------------------------------------------------
+
+
+class HostFds:
+    """Host paths handed to bubblewrap as open ``O_PATH`` fds (``--bind-fd``): bubblewrap runs
+    as the unprivileged sandbox uid, which need not be able to traverse the runner's
+    directories (or a template's). Closed on exit, once bubblewrap has them."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def __call__(self, path: Path) -> str:
+        self.fds.append(os.open(path, sysutil.O_PATH | os.O_CLOEXEC))
+        return str(self.fds[-1])
+
+    def __enter__(self) -> HostFds:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: Path,
+                  staging: Path | None, env: Mapping[str, str], network: NetworkHandle | None,
+                  runner_dir: Path, fd: HostFds) -> list[str]:
+    """Namespaces, then the root: an empty read-only tmpfs with the template's allowed top
+    entries bound read-only, the layer's parts bound writable, generated identity files
+    over the template's, secrets covered, the runner's own state (``runner_dir``) hidden
+    whatever the template binds, and exactly ``env``."""
+    uid = str(template.uid)
+    a = ["--unshare-user", "--uid", uid, "--gid", uid, "--disable-userns", "--as-pid-1",
+         "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+         "--new-session", "--hostname", sandbox_id]
+    if network is None:
+        a.append("--unshare-net")
+    rootfs = template.rootfs
+    for entry in template.root_entries:
+        src = rootfs / entry
+        if src.is_symlink():
+            a += ["--symlink", os.readlink(src), f"/{entry}"]
+        elif src.is_dir():
+            a += ["--ro-bind-fd", fd(src), f"/{entry}"]
+    a += ["--proc", "/proc", "--dev", "/dev",
+          "--bind-fd", fd(layer / "shm"), "/dev/shm",
+          "--bind-fd", fd(layer / "tmp"), "/tmp",
+          "--dir", "/var", "--bind-fd", fd(layer / "vartmp"), "/var/tmp",
+          "--symlink", "../run", "/var/run",
+          "--dir", "/run", "--dir", "/home", "--dir", "/root",
+          "--bind-fd", fd(layer / "home"), template.home]
+    if (rootfs / "etc").is_dir():
+        for name in ETC_FILES:
+            a += ["--ro-bind-fd", fd(etc_dir / name), f"/etc/{name}"]
+        for hidden in HIDDEN_FILES:
+            if (rootfs / hidden.lstrip("/")).is_file():
+                a += ["--ro-bind", "/dev/null", hidden]
+        for hidden in HIDDEN_DIRS:
+            if (rootfs / hidden.lstrip("/")).is_dir():
+                a += ["--tmpfs", hidden, "--remount-ro", hidden]
+    for entry in template.root_entries:
+        with contextlib.suppress(ValueError):
+            inner = runner_dir.relative_to((rootfs / entry).resolve())
+            a += ["--tmpfs", f"/{entry}/{inner}"]
+    if staging is not None:
+        a += ["--bind-fd", fd(staging), STAGING_SANDBOX]
+    if network is not None:
+        for host_path, inside in network.extra_ro_binds:
+            # Inside the template's read-only tree a bind can only cover a file that is
+            # there; elsewhere (/run) bubblewrap makes the mount point.
+            in_template = inside.strip("/").split("/")[0] in template.root_entries
+            if not in_template or (rootfs / inside.lstrip("/")).is_file():
+                a += ["--ro-bind-fd", fd(host_path), inside]
+    if template.workdir != template.home:
+        a += ["--dir", template.workdir]
+    a += ["--remount-ro", "/", "--chdir", template.workdir, "--clearenv"]
+    for key, value in env.items():
+        a += ["--setenv", key, value]
+    return a
+
+
+def write_args(path: Path, options: Sequence[str]) -> None:
+    """bubblewrap's ``--args`` format: NUL-terminated strings. 0600: it holds env values."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(b"".join(x.encode() + b"\0" for x in options))
+
+
+# --- Running the chain ----------------------------------------------------------------------
+
+
+class Booting:
+    """A started chain, until its init says it is ready (``wait``)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], info_r: int, ready_r: int,
+                 log_path: Path) -> None:
+        self.proc = proc
+        self._info_r, self._ready_r, self._log_path = info_r, ready_r, log_path
+
+    def wait(self) -> tuple[int, int]:
+        """The init's pid and start time, once bubblewrap reported it and it printed ready."""
+        try:
+            info = self._read_until(self._info_r, b"}", "bubblewrap did not report its child")
+            self._read_until(self._ready_r, b"\n", "the sandbox did not become ready")
+        finally:
+            os.close(self._info_r)
+            os.close(self._ready_r)
+        pid = int(json.loads(info.decode())["child-pid"])
+        start = sysutil.process_start_time(pid)
+        if start is None:
+            raise RunnerError("the sandbox init exited right after starting")
+        return pid, start
+
+    def _read_until(self, fd: int, end: bytes, what: str) -> bytes:
+        data = b""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while end not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunnerError(f"{what} within {START_TIMEOUT_S:.0f}s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RunnerError(f"{what}: {self._error()}")
+                data += chunk
+        return data
+
+    def _error(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=1.0)
+        with contextlib.suppress(OSError):
+            text = self._log_path.read_text(errors="replace")
+            # bwrap says what is wrong on a "bwrap: ..." line (then, maybe, its usage).
+            lines = [ln for ln in text.strip().splitlines() if ln.startswith("bwrap:")]
+            if lines:
+                return lines[-1][:500]
+        return f"exit status {self.proc.returncode}"
+
+
+def spawn(options: Sequence[str], *, state_dir: Path, cgroup_procs: Sequence[Path],
+          netns_path: Path | None, identity: HostIdentity, fds: HostFds) -> Booting:
+    """Start the chain in a session of its own, so it does not die with the backend (no
+    ``--die-with-parent`` for the init, on purpose). It stays a direct child of this process
+    rather than being double-forked: on hosts whose pid 1 does not reap orphans (like our CI
+    VMs) a double-forked sandbox would leave a zombie behind on every destroy."""
+    info_r, info_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    args_path = state_dir / "bwrap.args"
+    args_fd = -1
+    try:
+        write_args(args_path, [*options, "--info-fd", str(info_w)])
+        args_fd = os.open(args_path, os.O_RDONLY)
+        argv = init_argv(cgroup_procs=cgroup_procs, netns_path=netns_path, identity=identity,
+                         args_fd=args_fd)
+        log_path = state_dir / "init.log"
+        with open(log_path, "ab") as errlog:
+            proc = subprocess.Popen(
+                argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL, stdout=ready_w, stderr=errlog,
+                pass_fds=(info_w, args_fd, *fds.fds), start_new_session=True, cwd="/",
+            )
+    except BaseException:
+        os.close(info_r)
+        os.close(ready_r)
+        raise
+    finally:
+        os.close(info_w)
+        os.close(ready_w)
+        if args_fd >= 0:
+            os.close(args_fd)
+    return Booting(proc, info_r, ready_r, log_path)
