@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TypeAlias
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import models
 from pulumi_leap0.backend.errors import ApiError, invalid
 from pulumi_leap0.backend.store import MountRecord, SandboxRecord
-from pulumi_leap0.runner.capabilities import Capabilities
 from pulumi_leap0.runner.core import Runner as LinuxRunner
 from pulumi_leap0.runner.errors import (
     RunnerError,
@@ -28,7 +27,7 @@ from pulumi_leap0.runner.errors import (
     SandboxNotRunningError,
 )
 from pulumi_leap0.runner.network import EgressSettings
-from pulumi_leap0.runner.types import ExecResult, FileInfo, MountConfig, SandboxConfig
+from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig
 
 __all__ = [
     "LinuxRunner",
@@ -40,47 +39,13 @@ __all__ = [
 ]
 
 
-class Runner(Protocol):
-    """What the backend calls, and nothing more; ``LinuxRunner`` (``make_runner``) is it.
-
-    Failures are ``RunnerError`` or one of its kinds (``runner/errors.py``), with messages
-    that never carry credentials; ``translate_errors`` and the lifecycle make them answers.
-    """
-
-    def capabilities(self) -> Capabilities: ...
-    def disk_mib(self, template_name: str) -> int: ...
-    def start(self, config: SandboxConfig) -> None: ...
-    def freeze(self, sandbox_id: str) -> None: ...
-    def thaw(self, sandbox_id: str) -> None: ...
-    def stop(self, sandbox_id: str) -> None: ...
-    def destroy(self, sandbox_id: str) -> None: ...
-    def recover(self, known_ids: Iterable[str]) -> set[str]: ...
-    def reconcile_network(self, sandbox_id: str, policy: spec.NetworkPolicy) -> bool: ...
-    def mount(self, sandbox_id: str, mount: MountConfig) -> None: ...
-    def unmount(self, sandbox_id: str, mount_id: str) -> None: ...
-    def reconcile_mounts(self, sandbox_id: str, configs: Sequence[MountConfig]) -> list[str]: ...
-    def exec(
-        self,
-        sandbox_id: str,
-        command: str,
-        *,
-        cwd: str | None = ...,
-        env: Mapping[str, str] | None = ...,
-        timeout: float | None = ...,
-    ) -> ExecResult: ...
-    def list_dir(
-        self, sandbox_id: str, path: str, *, recursive: bool = ..., exclude: Sequence[str] = ...
-    ) -> list[FileInfo]: ...
-    def stat(self, sandbox_id: str, path: str) -> FileInfo: ...
-    def exists(self, sandbox_id: str, path: str) -> bool: ...
-    def mkdir(
-        self, sandbox_id: str, path: str, *, recursive: bool = ..., mode: int = ...
-    ) -> None: ...
-    def write_file(
-        self, sandbox_id: str, path: str, content: bytes, *, mode: int | None = ...
-    ) -> None: ...
-    def read_file(self, sandbox_id: str, path: str) -> bytes: ...
-    def delete(self, sandbox_id: str, path: str, *, recursive: bool = ...) -> None: ...
+#: The runner the backend drives. The real class, not a Protocol: go-to-definition on
+#: ``lifecycle.runner.start`` lands on the code that makes the sandbox, and mypy checks every
+#: call against it. The seam stays narrow by rule instead: only this module and
+#: ``lifecycle.py`` hold a runner, and only this module imports runner types. Failures are
+#: ``RunnerError`` or one of its kinds (``runner/errors.py``), with messages that never carry
+#: credentials; ``translate_errors`` and the lifecycle make them answers.
+Runner: TypeAlias = LinuxRunner
 
 
 def make_runner(root_dir: Path, *, egress_resolver: str | None = None,
