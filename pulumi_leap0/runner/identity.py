@@ -31,6 +31,8 @@ SANDBOX_HOST_UID_BASE = 2_000_000_000
 #: every shared uid of the old scheme (a template uid is below 65536).
 HOST_UID_FIRST = SANDBOX_HOST_UID_BASE + 65_536
 HOST_UID_COUNT = 1_000_000
+#: bubblewrap reads uids as signed ints: its uid map refuses anything above.
+MAX_HOST_UID = 2**31 - 1
 #: Generated per sandbox under ``<runtime dir>/etc`` and bound over the template's.
 ETC_FILES = ("passwd", "group", "hostname", "hosts")
 
@@ -70,6 +72,8 @@ class UidPool:
 
     def __init__(self, directory: Path, first: int = HOST_UID_FIRST,
                  count: int = HOST_UID_COUNT) -> None:
+        if first <= 0 or count <= 0 or first + count > MAX_HOST_UID + 1:
+            raise ValueError(f"host uids must lie in 1..{MAX_HOST_UID}")
         self.directory, self.first, self.count = directory, first, count
 
     def __contains__(self, uid: object) -> bool:

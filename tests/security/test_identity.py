@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pulumi_leap0.runner import Runner, SandboxConfig
+from pulumi_leap0.runner import Runner, RunnerError, SandboxConfig, TemplateRegistry, identity
+from pulumi_leap0.runner.capabilities import probe
+from pulumi_leap0.runner.cgroups import NoCgroups
 from tests.backend.helpers import TEMPLATE, http, wait_for
 from tests.fixtures.backend import BackendServer, running_backend
 from tests.runner.conftest import Sandboxes, leftovers, new_id, require_capability
 from tests.security import probes
-from tests.support import require
+from tests.support import REPO_ROOT, require
 
 # --- Helpers ---------------------------------------------------------------------------------
 
@@ -375,3 +378,106 @@ def _has_uid(pid: int, uid: int) -> bool:
     except OSError:
         return False
 
+
+
+def test_a_uid_comes_back_only_once_nothing_of_it_lives(tmp_path: Path) -> None:
+    """A pool of two uids goes round quickly: after it did, a uid a leftover process still
+    holds is skipped, and with the other in use no uid is given at all."""
+    first = 2_100_000_000  # outside the host-wide range, so no other runner's uids
+    pool = identity.UidPool(tmp_path / "uids", first=first, count=2)
+    runner = Runner(tmp_path / "sandboxes", uids=pool)
+    require_capability(runner, "bubblewrap", "namespaces", "cpu")
+    boxes = Sandboxes(runner)
+    leftover = None
+    try:
+        a, b = boxes.start(), boxes.start()
+        assert [runner_uid(runner, a), runner_uid(runner, b)] == [first, first + 1]
+        leftover = plant(first)
+        runner.destroy(a)
+        with pytest.raises(RunnerError, match="no free host uid"):
+            boxes.start()
+        assert leftovers(runner, boxes.ids[-1]) == []
+        runner.destroy(b)
+        assert runner_uid(runner, boxes.start()) == first + 1
+        leftover.kill()
+        leftover.wait()
+        leftover = None
+        assert runner_uid(runner, boxes.start()) == first
+    finally:
+        if leftover is not None:
+            leftover.kill()
+            leftover.wait()
+        boxes.cleanup()
+    assert pool.owners() == {}
+
+
+def _claim_many(directory: str, owner: str, n: int) -> list[int]:
+    pool = identity.UidPool(Path(directory), first=2_100_000_000, count=1000)
+    return [pool.claim(f"{owner}/{i}").uid for i in range(n)]
+
+
+def test_processes_claiming_at_once_never_share_a_uid(tmp_path: Path) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(3) as workers:
+        got = workers.starmap(_claim_many, [(str(tmp_path), f"p{k}", 40) for k in range(3)])
+    claimed = [uid for uids in got for uid in uids]
+    assert len(claimed) == len(set(claimed)) == 120
+
+
+class SharedUids(identity.UidPool):
+    """What runners did before per-sandbox uids: one host uid per template, no claims."""
+
+    def claim(self, owner: str, keep: int | None = None) -> identity.HostIdentity:
+        template = TemplateRegistry().get(TEMPLATE)
+        assert template is not None
+        return identity.legacy_identity(template)
+
+    def release(self, owner: str) -> None:
+        pass
+
+
+def test_state_recorded_under_the_shared_uid_recovers(tmp_path: Path) -> None:
+    root = tmp_path / "sandboxes"
+    old = Runner(root, uids=SharedUids(tmp_path / "unused"))
+    require_capability(old, "bubblewrap", "namespaces", "cpu")
+    a = new_id()
+    shared = identity.SANDBOX_HOST_UID_BASE + 1000
+    old.start(SandboxConfig(id=a, template=TEMPLATE))
+    try:
+        old.exec(a, "echo kept > ~/f && mkdir ~/d && echo too > ~/d/g && ln -s /etc ~/link")
+        assert runner_uid(old, a) == shared
+        del old  # the backend is upgraded
+
+        new = Runner(root)
+        assert new.recover([a]) == {a}
+        assert runner_uid(new, a) == shared  # running processes keep the uid they have
+        assert new.exec(a, "cat ~/f").stdout == "kept\n"
+        new.stop(a)
+        new.start(SandboxConfig(id=a, template=TEMPLATE))
+        moved = runner_uid(new, a)
+        assert identity.HOST_UID_FIRST <= moved < identity.HOST_UID_FIRST + identity.HOST_UID_COUNT
+        out = new.exec(a, "cat ~/f ~/d/g && echo more >> ~/d/g && rm ~/f && readlink ~/link")
+        assert out.exit_code == 0 and out.stdout.split() == ["kept", "too", "/etc"], out
+        layer = new.runtime_dir / a / "layer"
+        owned = {os.lstat(os.path.join(top, n)).st_uid
+                 for top, dirs, files in os.walk(layer) for n in dirs + files}
+        assert shared not in owned, owned
+        assert os.stat("/etc").st_uid == 0  # the symlink was not followed
+    finally:
+        Runner(root).destroy(a)
+
+
+def test_the_report_says_both_are_in_force(runner: Runner, tmp_path: Path) -> None:
+    caps = runner.capabilities()
+    assert caps.seccomp and caps.host_uid_per_sandbox, caps.missing
+    doctor = subprocess.run(
+        [sys.executable, "-m", "pulumi_leap0.backend.cli", "doctor", "--data-dir",
+         str(tmp_path)], capture_output=True, text=True, timeout=60, check=True,
+        cwd=REPO_ROOT)
+    report = json.loads(doctor.stdout[doctor.stdout.index("{"):])
+    assert report["seccomp"] is True and report["host_uid_per_sandbox"] is True, report
+    # Where the filter cannot be built, the report says so instead.
+    without = probe(NoCgroups(), "probe", own_uids=True, seccomp_program=None)
+    assert not without.seccomp
+    assert any(m.startswith("no seccomp filter") for m in without.missing)
