@@ -79,7 +79,7 @@ def identity_costs(tmp: Path, rounds: int) -> None:
     t0 = time.perf_counter()
     program = seccomp.program()
     compile_ms = (time.perf_counter() - t0) * 1000
-    # On a tmpfs like the real one (/run/leap0/uids), with a range of its own.
+    # Beside the real one (/run/leap0/uids), with a range of its own.
     pool = identity.UidPool(Path(tempfile.mkdtemp(dir="/run")), first=2_100_000_000,
                             count=100_000)
     claims: list[float] = []

@@ -65,9 +65,10 @@ class UidPool:
     in one process or several, never get the same uid. The counter only grows, so a
     released uid comes back only after ``count`` others: and then only if nothing of it
     lives, no process with it as real, effective, saved or file-system uid, and no kernel
-    keys of it. Both the directory and the sandboxes' layers live on /run, a tmpfs: after a
-    reboot nothing of any uid is left, and the counter starts above any uid of the range
-    that a process holds.
+    keys of it. Where /run is a tmpfs a reboot empties the directory, when nothing of any
+    uid is left either (the layers are tmpfs mounts); a new counter starts above every uid
+    of the range a process holds. Where /run is kept, so are the claims, with the stopped
+    sandboxes they name.
     """
 
     def __init__(self, directory: Path, first: int = HOST_UID_FIRST,
