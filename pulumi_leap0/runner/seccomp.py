@@ -46,7 +46,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
 from typing import Any
 
 try:
@@ -150,6 +150,9 @@ def _filter_this_thread() -> None:
         _filter().load()
 
 
+_spawner_lock = threading.Lock()
+
+
 @functools.cache
 def _spawner() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=SPAWNER_THREADS, thread_name_prefix="leap0-seccomp",
@@ -162,4 +165,11 @@ def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     the runner's other threads are not. Unfiltered where the filter cannot be built."""
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, **kwargs)
-    return _spawner().submit(start).result() if AVAILABLE else start()
+    if not AVAILABLE:
+        return start()
+    with _spawner_lock:  # one pool per process, even when the first calls race
+        spawner = _spawner()
+    try:
+        return spawner.submit(start).result()
+    except BrokenExecutor as exc:  # the kernel refused the filter: fail closed
+        raise OSError("the seccomp filter could not be applied") from exc
