@@ -33,7 +33,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pulumi_leap0.runner import Runner, SandboxConfig, TemplateRegistry, identity, seccomp
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pulumi_leap0.runner import Runner, SandboxConfig, identity, seccomp
+from tests.security.legacy import SharedUids
 
 TEMPLATE = "system/debian:bookworm"
 
@@ -48,18 +51,6 @@ def mem_available_kib() -> int:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-class SharedUids(identity.UidPool):
-    """Before #12: every sandbox of a template as one host uid, nothing claimed."""
-
-    def claim(self, owner: str, keep: int | None = None) -> identity.HostIdentity:
-        template = TemplateRegistry().get(TEMPLATE)
-        assert template is not None
-        return identity.legacy_identity(template)
-
-    def release(self, owner: str) -> None:
-        pass
 
 
 @contextlib.contextmanager

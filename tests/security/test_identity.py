@@ -20,13 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pulumi_leap0.runner import Runner, RunnerError, SandboxConfig, TemplateRegistry, identity
+from pulumi_leap0.runner import Runner, RunnerError, SandboxConfig, identity
 from pulumi_leap0.runner.capabilities import probe
 from pulumi_leap0.runner.cgroups import NoCgroups
 from tests.backend.helpers import TEMPLATE, http, wait_for
 from tests.fixtures.backend import BackendServer, running_backend
 from tests.runner.conftest import Sandboxes, leftovers, new_id, require_capability
 from tests.security import probes
+from tests.security.legacy import SharedUids
 from tests.support import REPO_ROOT, require
 
 # --- Helpers ---------------------------------------------------------------------------------
@@ -283,22 +284,6 @@ def test_the_filter_holds_every_process_of_the_sandbox(
 # --- Allocation: distinct, never reused while something of the old one lives ------------------
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    r = Runner(tmp_path_factory.mktemp("identity") / "sandboxes")
-    require_capability(r, "bubblewrap", "namespaces", "cpu")
-    return r
-
-
-@pytest.fixture
-def sandboxes(runner: Runner) -> Iterator[Sandboxes]:
-    boxes = Sandboxes(runner)
-    try:
-        yield boxes
-    finally:
-        boxes.cleanup()
-
-
 def plant(uid: int) -> subprocess.Popen[bytes]:
     """A leftover process of ``uid``, as a crash or an escape would leave one behind."""
     return subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
@@ -423,18 +408,6 @@ def test_processes_claiming_at_once_never_share_a_uid(tmp_path: Path) -> None:
         got = workers.starmap(_claim_many, [(str(tmp_path), f"p{k}", 40) for k in range(3)])
     claimed = [uid for uids in got for uid in uids]
     assert len(claimed) == len(set(claimed)) == 120
-
-
-class SharedUids(identity.UidPool):
-    """What runners did before per-sandbox uids: one host uid per template, no claims."""
-
-    def claim(self, owner: str, keep: int | None = None) -> identity.HostIdentity:
-        template = TemplateRegistry().get(TEMPLATE)
-        assert template is not None
-        return identity.legacy_identity(template)
-
-    def release(self, owner: str) -> None:
-        pass
 
 
 def test_state_recorded_under_the_shared_uid_recovers(tmp_path: Path) -> None:
