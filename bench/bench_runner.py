@@ -12,19 +12,31 @@ but not in the sandbox cgroup. So: (MemAvailable drop while N idle sandboxes exi
 sum of their cgroup charges) / N. The figure is noisy (page cache, other processes);
 it is an estimate, printed with the parts. Target: < 10 MiB per idle sandbox.
 
-Run as root: ``python3 bench/bench_runner.py [N]``. Takes well under two minutes.
+What a host uid per sandbox and the seccomp filter cost (issue #12): ``start`` and
+``exec("true")`` medians, side by side, in three settings run round-robin so that the
+machine's load falls on all alike: one shared uid without the filter (as before), a uid
+of its own without the filter, and both (as now). Also the one-off and per-start parts:
+compiling the filter (once per process), claiming and releasing a uid.
+
+Run as root: ``python3 bench/bench_runner.py [N [ROUNDS]]``. Takes well under two minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from pulumi_leap0.runner import Runner, SandboxConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pulumi_leap0.runner import Runner, SandboxConfig, identity, seccomp
+from tests.security.legacy import SharedUids
 
 TEMPLATE = "system/debian:bookworm"
 
@@ -41,6 +53,67 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+@contextlib.contextmanager
+def filtered(on: bool) -> Iterator[None]:
+    """The exec side of the filter off (``seccomp.popen`` then starts chains directly)."""
+    saved = seccomp.AVAILABLE
+    seccomp.AVAILABLE = saved and on
+    try:
+        yield
+    finally:
+        seccomp.AVAILABLE = saved
+
+
+def identity_costs(tmp: Path, rounds: int) -> None:
+    seccomp.program.cache_clear()
+    seccomp._filter.cache_clear()
+    t0 = time.perf_counter()
+    program = seccomp.program()
+    compile_ms = (time.perf_counter() - t0) * 1000
+    # Beside the real one (/run/leap0/uids), with a range of its own.
+    pool = identity.UidPool(Path(tempfile.mkdtemp(dir="/run")), first=2_100_000_000,
+                            count=100_000)
+    claims: list[float] = []
+    for i in range(200):
+        t0 = time.perf_counter()
+        pool.claim(f"bench/{i}")
+        pool.release(f"bench/{i}")
+        claims.append((time.perf_counter() - t0) * 1000)
+    shutil.rmtree(pool.directory)
+    print(f"seccomp filter: {len(program) // 8} BPF instructions, compiled once in "
+          f"{compile_ms:.1f} ms; uid claim + release: median {statistics.median(claims):.2f} ms")
+
+    settings = {  # name: (uid pool, filter on)
+        "shared uid, no seccomp (before)": (SharedUids(tmp / "unused"), False),
+        "own uid, no seccomp": (None, False),
+        "own uid + seccomp (now)": (None, True),
+    }
+    runners = {name: Runner(tmp / f"cost-{k}", uids=uids)
+               for k, (name, (uids, _)) in enumerate(settings.items())}
+    starts: dict[str, list[float]] = {name: [] for name in settings}
+    execs: dict[str, list[float]] = {name: [] for name in settings}
+    names = list(settings)
+    for i in range(rounds):
+        for name in names[i % 3:] + names[:i % 3]:
+            runner, on = runners[name], settings[name][1]
+            if not on:
+                runner._seccomp = None  # the init side of the filter off
+            sandbox_id = f"sbx-cost-{secrets.token_hex(6)}"
+            with filtered(on):
+                t0 = time.perf_counter()
+                runner.start(SandboxConfig(id=sandbox_id, template=TEMPLATE, memory_mib=512))
+                t1 = time.perf_counter()
+                runner.exec(sandbox_id, "true")
+                t2 = time.perf_counter()
+            runner.destroy(sandbox_id)
+            starts[name].append((t1 - t0) * 1000)
+            execs[name].append((t2 - t1) * 1000)
+    print(f"start() and exec('true') medians over {rounds} rounds, round-robin:")
+    for name in names:
+        print(f"  {name:32s} start {statistics.median(starts[name]):6.1f} ms   "
+              f"exec {statistics.median(execs[name]):6.1f} ms")
+
+
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     with tempfile.TemporaryDirectory(prefix="leap0-bench-") as tmp:
@@ -54,6 +127,7 @@ def main() -> int:
         runner.start(SandboxConfig(id=warm, template=TEMPLATE))
         runner.exec(warm, "true")
         runner.destroy(warm)
+        identity_costs(Path(tmp), int(sys.argv[2]) if len(sys.argv) > 2 else max(10, n // 2))
 
         time.sleep(0.5)
         avail_before = mem_available_kib()

@@ -6,7 +6,9 @@ each:
 
 - ``core``: ``Runner``, the lifecycle; its docstring tells a sandbox's life step by step.
 - ``state``: the per-sandbox record (``state.json``) a restarted backend finds it by.
-- ``identity``: the sandbox's user, inside and on the host, and its ``/etc`` identity files.
+- ``identity``: the sandbox's user, inside and on the host (a uid of its own, from
+  ``UidPool``), and its ``/etc`` identity files.
+- ``seccomp``: the system call filter every sandbox process runs under.
 - ``layer``: the writable layer and the staging mount, on the host.
 - ``launch``: the init's process chain, as argv (cgroup join, netns, uid drop, bubblewrap).
 - ``exec``: one command in a running sandbox, and killing its process tree on timeout.

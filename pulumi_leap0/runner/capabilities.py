@@ -34,6 +34,10 @@ class Capabilities:
     fuse: bool
     object_storage_mounts: bool
     safe_file_access: bool
+    #: Every sandbox runs as a host uid of its own (keyrings, per-user limits apart).
+    host_uid_per_sandbox: bool
+    #: Every process of every sandbox runs under the seccomp filter (``seccomp.py``).
+    seccomp: bool
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -49,7 +53,31 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
-def probe(cgroups: Cgroups, scope: str) -> Capabilities:
+def _seccomp_works(program: bytes | None, bwrap: str | None) -> bool:
+    """The filter compiled, and a process bubblewrap starts with it really runs under it."""
+    if program is None or bwrap is None:
+        return False
+    r, w = os.pipe()
+    try:
+        os.write(w, program)
+    finally:
+        os.close(w)
+    try:
+        out = subprocess.run(
+            [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/",
+             "--proc", "/proc", "--seccomp", str(r), "--", "/bin/grep", "-x", "Seccomp:.*2",
+             "/proc/self/status"],
+            capture_output=True, timeout=10, check=False, pass_fds=(r,),
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    finally:
+        os.close(r)
+    return out.returncode == 0
+
+
+def probe(cgroups: Cgroups, scope: str, *, own_uids: bool = False,
+          seccomp_program: bytes | None = None) -> Capabilities:
     root = os.geteuid() == 0
     bwrap = shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
     version: str | None = None
@@ -88,6 +116,8 @@ def probe(cgroups: Cgroups, scope: str) -> Capabilities:
         fuse=fuse,
         object_storage_mounts=mounts.AVAILABLE,
         safe_file_access=safe_files,
+        host_uid_per_sandbox=root and own_uids,
+        seccomp=_seccomp_works(seccomp_program, bwrap),
     )
     missing: list[str] = []
     if not caps.bubblewrap:
@@ -106,7 +136,7 @@ def probe(cgroups: Cgroups, scope: str) -> Capabilities:
                 missing.append(f"cgroup {ctl} controller not writable: {words}.")
     if not root:
         missing.append("not running as root: the writable layer has no size limit and "
-                       "sandbox processes run under the runner's own uid.")
+                       "sandbox processes run under the runner's own uid, not one each.")
     if not caps.network_namespaces:
         missing.append("ip/nsenter unavailable or not root: sandboxes get a private "
                        "loopback-only network from bubblewrap instead of a named netns.")
@@ -118,6 +148,10 @@ def probe(cgroups: Cgroups, scope: str) -> Capabilities:
                        "sandboxes with mounts fail to start.")
     elif not caps.fuse:
         missing.append("FUSE (/dev/fuse, fusermount3) unavailable: no object-storage mounts.")
+    if not caps.seccomp:
+        missing.append("no seccomp filter (pyseccomp and libseccomp2 are needed, and a kernel "
+                       "with seccomp): sandboxes may call add_key, keyctl, bpf, io_uring and "
+                       "the rest of the container default deny list.")
     if not caps.safe_file_access:
         missing.append("openat2 unsupported (Linux < 5.6): the filesystem API is disabled.")
     return Capabilities(**{**caps.__dict__, "missing": missing})

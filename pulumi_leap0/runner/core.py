@@ -17,8 +17,9 @@ This module is the lifecycle; each step it takes lives in a module of its own.
    egress filter, ``egress_filter.py``, runs in a child cgroup of the sandbox's).
 3. The launch chain (``launch.py``): ``sh`` joins the cgroup, ``nsenter`` the namespace,
    ``setpriv`` drops to the sandbox's host uid, ``bwrap`` makes the other namespaces and the
-   read-only root; its payload, the sandbox's "init", reports readiness and sleeps forever.
-   The chain runs in its own session, so the sandbox outlives the backend.
+   read-only root and installs the seccomp filter (``seccomp.py``); its payload, the
+   sandbox's "init", reports readiness and sleeps forever. The chain runs in its own
+   session, so the sandbox outlives the backend.
 4. Object-storage mounts (``mounts.py``).
 
 On any failure everything the call made is removed before ``RunnerError`` is raised.
@@ -30,9 +31,9 @@ trace (both ``_teardown``). After a backend restart ``recover`` keeps the known 
 and destroys the orphans, and ``reconcile_mounts`` and ``reconcile_network`` start again
 the host-side helpers (rclone, the egress filter) that died meanwhile.
 
-Inside, the sandbox user is ``template.uid`` in its own user namespace, mapped to an
-unprivileged host uid (``identity.py``) with no capabilities and no way to create further
-user namespaces.
+Inside, the sandbox user is ``template.uid`` in its own user namespace, mapped to a host
+uid of the sandbox's own (``identity.UidPool``: claimed at its first start, released by
+``destroy``) with no capabilities and no way to create further user namespaces.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from pulumi_leap0.runner import (
     layer,
     mounts,
     network,
+    seccomp,
     state,
     sysutil,
 )
@@ -99,7 +101,8 @@ class Runner:
     sandboxes and concurrent ``exec``/file calls run in parallel.
     """
 
-    def __init__(self, root_dir: Path, *, egress: network.EgressSettings | None = None) -> None:
+    def __init__(self, root_dir: Path, *, egress: network.EgressSettings | None = None,
+                 uids: identity.UidPool | None = None) -> None:
         self.root_dir = Path(root_dir).absolute()
         self.egress = egress or network.EgressSettings()
         # Traversable, not listable: bubblewrap runs as the unprivileged sandbox uid and
@@ -113,6 +116,10 @@ class Runner:
             for d in (RUNTIME_BASE, self.runtime_dir):
                 d.mkdir(mode=0o711, exist_ok=True)
                 os.chmod(d, 0o711)
+        # Host-wide, shared with every other runner on the host (``uids`` for tests).
+        self._uids = (uids or identity.UidPool(RUNTIME_BASE / "uids")) if self._privileged \
+            else None
+        self._seccomp = seccomp.program() if seccomp.AVAILABLE else None
         self.templates = TemplateRegistry()
         self._records = state.Records(self.root_dir, self.runtime_dir)
         self._cgroups = cgroups.for_scope(self._cg_scope())
@@ -145,7 +152,8 @@ class Runner:
 
     def capabilities(self) -> Capabilities:
         if self._caps is None:
-            self._caps = probe(self._cgroups, self.scope)
+            self._caps = probe(self._cgroups, self.scope, own_uids=self._uids is not None,
+                               seccomp_program=self._seccomp)
         return self._caps
 
     def disk_mib(self, template_name: str) -> int:
@@ -198,23 +206,30 @@ class Runner:
                 raise RunnerError("the sandbox is already running")
             layer_existed = (self._records.runtime(config.id) / "layer").is_dir()
             try:
-                self._boot(config, template)
+                self._boot(config, template, existing)
             except BaseException as exc:
                 self._teardown(config.id, keep_layer=layer_existed)
                 if not layer_existed:
-                    self._records.remove(config.id)
+                    self._remove(config.id)
                 if isinstance(exc, RunnerError):
                     raise
                 if isinstance(exc, (OSError, subprocess.SubprocessError, ValueError)):
                     raise RunnerError(f"could not start the sandbox: {exc}") from exc
                 raise
 
-    def _boot(self, config: SandboxConfig, template: Template) -> None:
-        owner = identity.host_identity(template)
+    def _boot(self, config: SandboxConfig, template: Template,
+              kept: SandboxState | None) -> None:
+        """``kept``: the record of a stopped sandbox, if any (its layer may be kept)."""
+        owner = self._host_identity(config.id, kept)
         state_dir, rt = self._records.state_dir(config.id), self._records.runtime(config.id)
         for d in (state_dir, rt):
             d.mkdir(mode=0o711, exist_ok=True)
         os.chmod(state_dir, 0o711)
+        if kept is not None and kept.host_uid != owner.uid:
+            # Recorded under the old shared uid, or its uid was lost (a wiped /run/leap0).
+            old = identity.HostIdentity(kept.host_uid, kept.host_gid, dedicated=True)
+            identity.reown(rt / "layer", old, owner)
+            self._records.put(dataclasses.replace(kept, host_uid=owner.uid, host_gid=owner.gid))
         writable = layer.make_layer(rt, config.disk_mib or template.disk_mib, owner,
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
@@ -237,7 +252,8 @@ class Runner:
         with launch.HostFds() as fds:
             options = launch.bwrap_options(
                 sandbox_id=config.id, template=template, etc_dir=etc, layer=writable,
-                staging=staging, env=env, network=net, runner_dir=self.root_dir, fd=fds)
+                staging=staging, env=env, network=net, runner_dir=self.root_dir, fd=fds,
+                seccomp=self._seccomp)
             booting = launch.spawn(options, state_dir=state_dir,
                                    cgroup_procs=self._cgroups.procs_files(rel),
                                    netns_path=net.netns_path if net else None,
@@ -249,6 +265,31 @@ class Runner:
         self._records.put(box)
         for mount in config.mounts:
             mounts.attach(self._mount_handle(box), mount)
+
+    def _host_identity(self, sandbox_id: str,
+                       kept: SandboxState | None) -> identity.HostIdentity:
+        """The sandbox's own host uid: kept across ``stop`` and ``start``, because its kept
+        layer is owned by it, so nothing needs re-owning."""
+        if self._uids is None:
+            return identity.runner_identity()
+        return self._uids.claim(self._uid_owner(sandbox_id),
+                                keep=kept.host_uid if kept is not None else None)
+
+    def _uid_owner(self, sandbox_id: str) -> str:
+        return str(self._records.state_dir(sandbox_id))
+
+    def _remove(self, sandbox_id: str) -> None:
+        """The sandbox's directories and record, and then its host uid: only once both
+        directories are gone, since what is left in them (its layer's files, a stuck mount)
+        is still its."""
+        self._records.remove(sandbox_id)
+        if self._uids is None:
+            return
+        if any(d.exists() for d in (self._records.state_dir(sandbox_id),
+                                    self._records.runtime(sandbox_id))):
+            log.warning("keeping the host uid of %s: its directories are not gone", sandbox_id)
+            return
+        self._uids.release(self._uid_owner(sandbox_id))
 
     def _mount_handle(self, box: SandboxState) -> mounts.SandboxHandle:
         return mounts.SandboxHandle(
@@ -304,7 +345,7 @@ class Runner:
         check_id(sandbox_id)
         with self._id_lock(sandbox_id):
             self._teardown(sandbox_id, keep_layer=False)
-            self._records.remove(sandbox_id)
+            self._remove(sandbox_id)
         with self._lock:
             self._locks.pop(sandbox_id, None)
 
@@ -391,7 +432,19 @@ class Runner:
                 alive.add(sandbox_id)
             elif sandbox_id in found:
                 self.stop(sandbox_id)
+        self._release_lost_uids()
         return alive
+
+    def _release_lost_uids(self) -> None:
+        """Uids of this runner's sandboxes that died between removing their directories and
+        releasing their uid (a crash of the backend in ``destroy``)."""
+        if self._uids is None:
+            return
+        for owner in set(self._uids.owners().values()):
+            path = Path(owner)
+            if path.parent == self.root_dir and SANDBOX_ID.match(path.name) and not (
+                    path.exists() or self._records.runtime(path.name).exists()):
+                self._uids.release(owner)
 
     def reconcile_network(self, sandbox_id: str, policy: spec.NetworkPolicy | None) -> bool:
         """After a restart or a thaw: start the egress filter of a custom-policy sandbox

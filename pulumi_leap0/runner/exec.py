@@ -4,7 +4,9 @@ The command is a chain like the init's (``launch.py``): ``sh`` joins a fresh chi
 of the sandbox's, ``x-<token>``, so a timeout can kill exactly this call's process tree
 however it forked or daemonized, while the sandbox's limits and freezer hold it too; then
 ``nsenter`` enters every namespace of the sandbox's init, its root and its working
-directory as the sandbox user, and ``env -i`` sets exactly the sandbox's environment.
+directory as the sandbox user, and ``env -i`` sets exactly the sandbox's environment. The
+chain starts under the sandbox's seccomp filter (``seccomp.popen``): nothing of the init's
+filter carries over to a process that ``nsenter`` starts from the host.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pulumi_leap0.runner import files, launch, sysutil
+from pulumi_leap0.runner import files, launch, seccomp, sysutil
 from pulumi_leap0.runner.cgroups import Cgroups
 from pulumi_leap0.runner.errors import RunnerError, SandboxFrozenError
 from pulumi_leap0.runner.state import SandboxState
@@ -58,9 +60,9 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
     argv = exec_argv(cgroup_procs=cgroups.procs_files(call), init_pid=box.init_pid,
                      uid=box.uid, workdir=workdir, env=merged, command=command)
     try:
-        proc = subprocess.Popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, cwd="/")
+        proc = seccomp.popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True, cwd="/")
     except OSError as exc:
         cgroups.remove_if_empty(call)
         raise RunnerError(f"could not run the command: {exc}") from exc

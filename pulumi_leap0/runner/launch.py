@@ -17,8 +17,8 @@ the cgroups and everything it starts, the sandbox's init first, is born inside t
 
 Every link is a function that returns its argv, so the chain can be read and tested without
 root; ``init_argv`` joins them and ``spawn`` runs the result. The exec path (``exec.py``)
-uses ``join_cgroups`` too. A seccomp filter would be one more bubblewrap option here
-(``--seccomp <fd>``).
+uses ``join_cgroups`` too. The seccomp filter (``seccomp.py``) is one more bubblewrap
+option, ``--seccomp <fd>``: bubblewrap installs it right before it executes the init.
 """
 
 from __future__ import annotations
@@ -100,6 +100,13 @@ class HostFds:
         self.fds.append(os.open(path, sysutil.O_PATH | os.O_CLOEXEC))
         return str(self.fds[-1])
 
+    def data(self, name: str, content: bytes) -> str:
+        """``content`` as a file bubblewrap reads from the start (``--seccomp``)."""
+        self.fds.append(os.memfd_create(name, os.MFD_CLOEXEC))
+        os.write(self.fds[-1], content)
+        os.lseek(self.fds[-1], 0, os.SEEK_SET)
+        return str(self.fds[-1])
+
     def __enter__(self) -> HostFds:
         return self
 
@@ -112,11 +119,11 @@ class HostFds:
 
 def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: Path,
                   staging: Path | None, env: Mapping[str, str], network: NetworkHandle | None,
-                  runner_dir: Path, fd: HostFds) -> list[str]:
+                  runner_dir: Path, fd: HostFds, seccomp: bytes | None = None) -> list[str]:
     """Namespaces, then the root: an empty read-only tmpfs with the template's allowed top
     entries bound read-only, the layer's parts bound writable, generated identity files
     over the template's, secrets covered, the runner's own state (``runner_dir``) hidden
-    whatever the template binds, and exactly ``env``."""
+    whatever the template binds, exactly ``env``, and the ``seccomp`` BPF program."""
     uid = str(template.uid)
     a = ["--unshare-user", "--uid", uid, "--gid", uid, "--disable-userns", "--as-pid-1",
          "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -162,6 +169,8 @@ def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: 
     if template.workdir != template.home:
         a += ["--dir", template.workdir]
     a += ["--remount-ro", "/", "--chdir", template.workdir, "--clearenv"]
+    if seccomp is not None:
+        a += ["--seccomp", fd.data("leap0-seccomp", seccomp)]
     for key, value in env.items():
         a += ["--setenv", key, value]
     return a
