@@ -183,12 +183,17 @@ table inet leap0_egress {{
 
 @dataclass(frozen=True)
 class EgressSettings:
-    """How a runner's egress filters resolve and verify what they dial (custom policies)."""
+    """How a runner's host side resolves, verifies and reaches what it dials for sandboxes:
+    egress filters (custom policies) and mount endpoints."""
 
-    #: "ip:port" of the DNS server for allowed names; None uses the host's resolver.
+    #: "ip:port" of the DNS server for allowed names and mount endpoints; None uses the
+    #: host's resolver.
     resolver: str | None = None
     #: A CA to trust for upstream TLS besides the system's (private PKI, tests).
     upstream_ca_file: Path | None = None
+    #: CIDRs mount endpoints may reach although the address guard refuses them (an S3
+    #: server on this host's loopback): the operator's explicit exception.
+    allow_mount_endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
