@@ -33,7 +33,7 @@ from tests.fixtures.s3 import S3
 from tests.hosts import TestHosts
 from tests.mounts import conftest as mount_fixtures
 from tests.runner.conftest import Sandboxes
-from tests.support import require
+from tests.support import REPO_ROOT, require
 
 # The mount tests' fixtures: a Runner that can mount, sandboxes destroyed after each test.
 runner = mount_fixtures.runner
@@ -121,6 +121,8 @@ def _mounts_available(backend: BackendServer) -> None:
     "http://0.0.0.0:{port}",  # "this host"
     "http://2130706434:{port}",  # 127.0.0.2 spelled as one number
     "http://{own}:{port}",  # the host's own address on its network
+    "http://169.254.169.254:{port}",  # cloud metadata (no canary there: refused unasked)
+    "http://10.201.0.2:{port}",  # a sandbox network
 ])
 def test_a_deny_all_sandbox_cannot_have_the_host_dial_itself(
     backend: BackendServer, deny_all_box: tuple[httpx.Client, str], canary: Canary,
@@ -331,3 +333,10 @@ def test_host_users_cannot_read_a_mounted_bucket(
               if done.returncode == 0 or "weights" in done.stdout}
     assert leaked == {}
     assert Path(staging).is_dir()  # the attempts failed on permissions, not on a typo
+
+
+def test_the_operators_exception_must_be_a_cidr() -> None:
+    done = subprocess.run([sys.executable, "-m", "pulumi_leap0.backend.cli", "serve",
+                           "--allow-mount-endpoint", "localhost"], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=REPO_ROOT)
+    assert done.returncode == 2 and "not a CIDR" in done.stderr, done.stderr
