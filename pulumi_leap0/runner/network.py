@@ -70,6 +70,7 @@ import ctypes
 import hashlib
 import ipaddress
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -109,10 +110,14 @@ FENCED_CIDRS = ("169.254.0.0/16", "224.0.0.0/4", "0.0.0.0/8", "240.0.0.0/4", str
 # sandboxes reach the world, not each other and not the host (replies to their own
 # connections come back through conntrack), and nothing of IPv6. Fenced helpers (rclone)
 # reach the world only.
-_NFT_RULES = f"""
-table inet leap0
-delete table inet leap0
-table inet leap0 {{
+def _whole_table(name: str, chains: str) -> str:
+    """nft input that replaces table ``name`` whole, in one transaction."""
+    return f"table {name}\ndelete table {name}\ntable {name} {{\n{chains}}}\n"
+
+
+# The saddr rules hold for veths made before VETH_GROUP existed (sandboxes outlive an
+# upgrade); install_host_rules gives those the group too.
+_NFT_RULES = _whole_table("inet leap0", f"""
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr {SANDBOX_NET} ip daddr != {SANDBOX_NET} masquerade
@@ -140,20 +145,15 @@ table inet leap0 {{
         fib daddr type local reject
         ip daddr {{ {", ".join(FENCED_CIDRS)} }} reject
     }}
-}}
-"""
+""")
 
 # Made only when leap0 is the one turning IPv4 forwarding on (module docstring).
-_NFT_FORWARD_SCOPE = f"""
-table inet leap0_forward
-delete table inet leap0_forward
-table inet leap0_forward {{
+_NFT_FORWARD_SCOPE = _whole_table("inet leap0_forward", f"""
     chain forward {{
         type filter hook forward priority filter; policy accept;
         meta nfproto ipv4 iifgroup != {VETH_GROUP} oifgroup != {VETH_GROUP} drop
     }}
-}}
-"""
+""")
 
 
 # The custom policy inside the sandbox's namespace. DNS first, whatever its address (even
@@ -315,12 +315,27 @@ def install_host_rules() -> None:
         if _host_rules_installed:
             return
         _nft(_NFT_RULES, "the sandbox NAT rules")
+        _adopt_older_veths()
         forwarding = Path("/proc/sys/net/ipv4/ip_forward")
         if forwarding.read_text().strip() != "1":
             # The scope first: no packet of anyone else is ever forwarded in between.
             _nft(_NFT_FORWARD_SCOPE, "the forwarding scope")
             forwarding.write_text("1")
         _host_rules_installed = True
+
+
+_HOST_END = re.compile(r"^l0h[0-9a-f]{10}$")  # what _veth_names makes
+
+
+def _adopt_older_veths() -> None:
+    """Sandboxes started before an upgrade keep running: their veths get the group and
+    lose IPv6 as new ones are made."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/sys/class/net"):
+            if _HOST_END.match(name):
+                _ip("link", "set", "dev", name, "group", str(VETH_GROUP))
+                with contextlib.suppress(OSError):
+                    _disable_ipv6(Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"))
 
 
 def _nft(rules: str, what: str) -> None:

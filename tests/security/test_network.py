@@ -145,6 +145,25 @@ def test_a_sandbox_reaches_no_host_service_over_ipv6(
     assert listener.peers == []
 
 
+def test_a_sandbox_started_before_the_upgrade_is_closed_too(
+    runner: Runner, sandboxes: Sandboxes, listener: Listener
+) -> None:
+    """Sandboxes outlive a backend upgrade: one whose veth an older release made (no
+    interface group, IPv6 on) is closed once the new host rules are installed."""
+    require_capability(runner, "network_namespaces", "network_policy")
+    box = sandboxes.start(network_policy=mode("allow-all"))
+    host_if, _ = network._veth_names(network.netns_name(box, runner.scope))
+    subprocess.run(["ip", "link", "set", "dev", host_if, "group", "0"], check=True)
+    Path(f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6").write_text("0")
+    subprocess.run(["ip", "netns", "exec", network.netns_name(box, runner.scope), "sysctl",
+                    "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"], check=True)
+    network._host_rules_installed = False  # a new backend process
+    network.install_host_rules()
+    results = probe(runner, box, host_end_targets(runner, box, listener.port))
+    assert [r for r in results if r.startswith("reached")] == [], results
+    assert listener.peers == []
+
+
 def test_a_deny_all_sandbox_reaches_no_host_service_over_ipv6(
     runner: Runner, sandboxes: Sandboxes, listener: Listener
 ) -> None:
