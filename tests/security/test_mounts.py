@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,11 @@ from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.types import MountConfig
 from tests.backend.helpers import TEMPLATE, http, wait_for
 from tests.fixtures.backend import BackendServer
-from tests.fixtures.s3 import S3
+from tests.fixtures.s3 import S3, moto_server
 from tests.hosts import TestHosts
 from tests.mounts import conftest as mount_fixtures
 from tests.runner.conftest import Sandboxes
+from tests.security.listeners import Listener
 from tests.support import REPO_ROOT, require
 
 # The mount tests' fixtures: a Runner that can mount, sandboxes destroyed after each test.
@@ -40,38 +40,13 @@ runner = mount_fixtures.runner
 sandboxes = mount_fixtures.sandboxes
 
 
-class Canary:
-    """A TCP server on every address of the host (``[::]``, IPv4 too), answering 404 to
-    whatever it gets and recording each connection: any entry is the host dialling it."""
-
-    def __init__(self, address: str = "::", port: int = 0) -> None:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.sock = socket.create_server((address, port), family=family,
-                                         dualstack_ipv6=family == socket.AF_INET6)
-        self.port: int = self.sock.getsockname()[1]
-        self.hits: list[str] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                return
-            self.hits.append(str(peer[0]))
-            with contextlib.suppress(OSError):
-                conn.settimeout(2)
-                conn.recv(4096)
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
 @pytest.fixture
-def canary() -> Iterator[Canary]:
-    server = Canary()
+def canary() -> Iterator[Listener]:
+    """Any connection it records is the host dialling itself for a tenant."""
+    server = Listener(NOT_FOUND, read_first=True)
     try:
         yield server
     finally:
@@ -125,14 +100,14 @@ def _mounts_available(backend: BackendServer) -> None:
     "http://10.201.0.2:{port}",  # a sandbox network
 ])
 def test_a_deny_all_sandbox_cannot_have_the_host_dial_itself(
-    backend: BackendServer, deny_all_box: tuple[httpx.Client, str], canary: Canary,
+    backend: BackendServer, deny_all_box: tuple[httpx.Client, str], canary: Listener,
     endpoint: str,
 ) -> None:
     _mounts_available(backend)
     raw, sandbox_id = deny_all_box
     url = endpoint.format(port=canary.port, own=own_address())
     answer = raw.post(f"/v1/sandbox/{sandbox_id}/mounts", json=mount_body(url))
-    assert canary.hits == []
+    assert canary.peers == []
     assert answer.status_code == 400, answer.text
     assert answer.json()["errors"][0]["field"] == "endpoint"
     assert "may not reach" in answer.text  # refused for where it leads, not for failing
@@ -142,22 +117,14 @@ def test_a_deny_all_sandbox_cannot_have_the_host_dial_itself(
 def host_s3() -> Iterator[str]:
     """An S3 server of the host's own on 127.0.0.2, with something private in it."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.2", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.2", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.2:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="host", aws_secret_access_key="host")
-    client.create_bucket(Bucket="host-private")
-    client.put_object(Bucket="host-private", Key="root-token.txt", Body=b"host-only-7a3c\n")
-    try:
+    with moto_server("127.0.0.2") as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="host", aws_secret_access_key="host")
+        client.create_bucket(Bucket="host-private")
+        client.put_object(Bucket="host-private", Key="root-token.txt",
+                          Body=b"host-only-7a3c\n")
         yield endpoint
-    finally:
-        server.stop()
 
 
 def test_a_deny_all_sandbox_cannot_list_an_s3_server_on_host_loopback(
@@ -249,7 +216,7 @@ def redirector(hosts: TestHosts, target: str) -> Iterator[str]:
 
 
 def test_a_redirect_does_not_take_rclone_to_the_host(
-    runner: Runner, sandboxes: Sandboxes, hosts: TestHosts, canary: Canary
+    runner: Runner, sandboxes: Sandboxes, hosts: TestHosts, canary: Listener
 ) -> None:
     """The endpoint passes the check (a server out there), then answers every request with
     a redirect to the host's loopback; rclone follows redirects."""
@@ -259,7 +226,7 @@ def test_a_redirect_does_not_take_rclone_to_the_host(
                              endpoint=endpoint)
         with pytest.raises(RunnerError):
             runner.mount(box, config)
-    assert canary.hits == []
+    assert canary.peers == []
     assert list((runner.root_dir / box / "mounts").glob("*")) == []  # nothing half-made
 
 
@@ -281,7 +248,8 @@ def test_a_name_rebound_after_the_check_still_leads_to_the_checked_address(
     name = "leap0rebind"  # one label: moto reads the bucket from the path, not the name
     port = int(s3.endpoint.rsplit(":", 1)[1])
     hosts.addresses[name] = "127.0.0.1"
-    elsewhere = Canary("127.0.0.2", port)  # the same port, on an address nobody allowed
+    # The same port, on an address nobody allowed.
+    elsewhere = Listener(NOT_FOUND, "127.0.0.2", port, read_first=True)
     boxes = Sandboxes(rebinding_runner)
     try:
         box = boxes.start(mounts=(MountConfig(
@@ -293,7 +261,7 @@ def test_a_name_rebound_after_the_check_still_leads_to_the_checked_address(
         listed = rebinding_runner.exec(box, "ls /mnt/models; cat /mnt/models/readme.txt",
                                        timeout=60)
         assert "weights for release" in listed.stdout, listed.stderr
-        assert elsewhere.hits == []
+        assert elsewhere.peers == []
     finally:
         boxes.cleanup()
         elsewhere.close()

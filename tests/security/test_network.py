@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from pulumi_leap0 import spec
 from pulumi_leap0.runner import Runner, network
 from tests.runner import conftest as runner_fixtures
 from tests.runner.conftest import Sandboxes, require_capability
+from tests.security.listeners import Listener
 from tests.support import REPO_ROOT, require
 
 # The runner tests' fixtures: a real Runner for this module, sandboxes destroyed after each test.
@@ -57,37 +56,16 @@ PROBE = textwrap.dedent("""
 """)
 
 
-class Listener:
-    """A TCP server on ``[::]`` (IPv4 too) of the host, recording every peer it accepts and
-    greeting it, so that a probe tells the host's answer from an egress filter's."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("::", 0), family=socket.AF_INET6,
-                                         dualstack_ipv6=True)
-        self.port: int = self.sock.getsockname()[1]
-        self.peers: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                return
-            self.peers.append(str(peer[0]))
-            with contextlib.suppress(OSError):
-                conn.sendall(b"leap0-host\n")
-            conn.close()
-
-
 @pytest.fixture
 def listener() -> Iterator[Listener]:
+    """Greets whoever connects, so that a probe tells the host's answer from an egress
+    filter's accepting the connection."""
     require(Path("/proc/net/if_inet6").exists(), "the host has no IPv6")
-    server = Listener()
+    server = Listener(b"leap0-host\n")
     try:
         yield server
     finally:
-        server.sock.close()
+        server.close()
 
 
 def probe(runner: Runner, sandbox_id: str, targets: list[str]) -> list[str]:
