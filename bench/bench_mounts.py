@@ -39,6 +39,7 @@ import boto3
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pulumi_leap0.runner import Runner, SandboxConfig, mounts
+from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import MountConfig
 
 TEMPLATE = "system/debian:bookworm"
@@ -147,7 +148,8 @@ def main() -> None:
     size = int(sys.argv[1]) * MiB if len(sys.argv) > 1 else 64 * MiB
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     moto, endpoint = start_moto()
-    runner = Runner(Path(tempfile.mkdtemp(prefix="leap0-bench-mounts-")) / "sandboxes")
+    runner = Runner(Path(tempfile.mkdtemp(prefix="leap0-bench-mounts-")) / "sandboxes",
+                    egress=EgressSettings(allow_mount_endpoints=("127.0.0.1/32",)))
     sandbox_id = f"bench-{secrets.token_hex(4)}"
     try:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",

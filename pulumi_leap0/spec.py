@@ -295,6 +295,14 @@ def _endpoint(value: str) -> str:
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _fail("endpoint", "must be an http or https URL")
+    # A key in the URL would travel wherever the URL does (logs, errors, state).
+    if "@" in parts.netloc:
+        raise _fail("endpoint", "must not contain user-info: give credentials as "
+                    "access_key_id and secret_access_key")
+    try:
+        parts.port  # noqa: B018 (it validates on access)
+    except ValueError:
+        raise _fail("endpoint", "must have a port from 0 to 65535") from None
     return value.strip().rstrip("/")
 
 
@@ -334,7 +342,8 @@ ReadOnly = Annotated[bool, AfterValidator(_read_only)]
 _MOUNT_DOCS = {
     "bucket": "Bucket name in the S3-compatible object storage provider.",
     "mount_path": "Absolute sandbox path where the bucket contents will appear.",
-    "endpoint": "Full S3-compatible endpoint URL.",
+    "endpoint": "Full S3-compatible endpoint URL, without user-info (credentials go in "
+                "access_key_id and secret_access_key).",
     "prefix": "Key prefix within the bucket, relative and ending with '/'.",
     "read_only": "Whether the mount is read-only. Object storage mounts are read-only.",
     "access_key_id": "Access key id for the S3 bucket. Omit for public buckets.",

@@ -1,6 +1,7 @@
 """``leap0-backend``: serve the API, issue API keys, report what this machine can isolate.
 
     leap0-backend serve [--host 127.0.0.1] [--port 8360] [--data-dir DIR]
+                        [--allow-mount-endpoint CIDR ...]
     leap0-backend api-key create --org NAME [--data-dir DIR]
     leap0-backend doctor [--data-dir DIR]
 
@@ -11,6 +12,7 @@ nothing else there; the server stores only its hash, so it cannot be shown again
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -30,6 +32,13 @@ def default_data_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("leap0-backend", appauthor=False))
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CIDR: {value!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,9 +62,15 @@ def _parser() -> argparse.ArgumentParser:
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--egress-resolver", metavar="IP:PORT", default=None,
                        help="DNS server the egress filters of custom network policies "
-                       "resolve allowed names with (default: the host's resolver)")
+                       "resolve allowed names with, and mounts their endpoints (default: "
+                       "the host's resolver)")
     serve.add_argument("--egress-ca-file", metavar="PEM", type=Path, default=None,
                        help="extra CA the egress filters trust for upstream TLS (transforms)")
+    serve.add_argument("--allow-mount-endpoint", metavar="CIDR", action="append", default=[],
+                       type=_cidr, dest="allow_mount_endpoints",
+                       help="let mount endpoints reach addresses in CIDR although they are "
+                       "this host's, loopback, link-local or a sandbox network (an S3 "
+                       "server on this host); repeatable")
     data_dir_option(serve)
 
     api_key = commands.add_parser("api-key", help="manage API keys")
@@ -70,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(host: str, port: int, data_dir: Path, log_level: str,
-           egress_resolver: str | None = None, egress_ca_file: Path | None = None) -> int:
+           egress_resolver: str | None = None, egress_ca_file: Path | None = None,
+           allow_mount_endpoints: Sequence[str] = ()) -> int:
     import uvicorn
 
     from pulumi_leap0.backend import runtime
@@ -80,7 +96,8 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     runner = runtime.make_runner(data_dir / "sandboxes", egress_resolver=egress_resolver,
-                                 egress_ca_file=egress_ca_file)
+                                 egress_ca_file=egress_ca_file,
+                                 allow_mount_endpoints=allow_mount_endpoints)
     app = create_app(data_dir, runner=runner)
     # httptools and uvloop when installed ("auto"): they roughly double GET throughput.
     config = uvicorn.Config(
@@ -129,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "serve":
         return _serve(args.host, args.port, data_dir, args.log_level, args.egress_resolver,
-                      args.egress_ca_file)
+                      args.egress_ca_file, args.allow_mount_endpoints)
     if args.command == "api-key":
         return _api_key_create(args.org, data_dir)
     return _doctor(data_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -49,11 +49,15 @@ Runner: TypeAlias = LinuxRunner
 
 
 def make_runner(root_dir: Path, *, egress_resolver: str | None = None,
-                egress_ca_file: Path | None = None) -> LinuxRunner:
+                egress_ca_file: Path | None = None,
+                allow_mount_endpoints: Sequence[str] = ()) -> LinuxRunner:
     """The Linux runner. ``egress_resolver`` ("ip:port") and ``egress_ca_file`` are how the
     egress filters of custom policies resolve names and verify upstream TLS (defaults: the
-    host's resolver and trust store)."""
-    egress = EgressSettings(resolver=egress_resolver, upstream_ca_file=egress_ca_file)
+    host's resolver and trust store); mounts resolve their endpoints with the same resolver.
+    ``allow_mount_endpoints`` are CIDRs mount endpoints may reach although the address
+    guard refuses them."""
+    egress = EgressSettings(resolver=egress_resolver, upstream_ca_file=egress_ca_file,
+                            allow_mount_endpoints=tuple(allow_mount_endpoints))
     return LinuxRunner(root_dir, egress=egress)
 
 

@@ -297,6 +297,7 @@ class Runner:
             state_dir=self._records.state_dir(box.id),
             staging_host=self._records.runtime(box.id) / "mnt",
             staging_sandbox=layer.STAGING_SANDBOX, uid=box.host_uid, gid=box.host_gid,
+            egress=self.egress,
         )
 
     # --- Exec and the freezer -------------------------------------------------------------

@@ -34,6 +34,31 @@ Here the FUSE mount is the host's: ``list_mounts`` can check it, a dead sandbox'
 cleaned up without entering anything, and only a plain read-only bind lives inside. Inside,
 /proc/mounts shows ``fuse.rclone`` with the source ``LEAP0:<bucket>/<prefix>``: no secret.
 
+What an endpoint may reach, and who may read a mount. rclone dials the endpoint from the
+host, outside every network policy, so a tenant would point it at the host itself. Before
+rclone runs, ``attach`` resolves the endpoint's host (with the egress resolver,
+``EgressSettings.resolver``) and refuses it unless some address passes the egress filter's
+address guard (``egress/resolve.py``: not loopback, link-local or metadata, this host, a
+sandbox network), or lies in a CIDR the operator allowed (``allow_mount_endpoints``). Then:
+
+- rclone only ever dials the addresses checked: it runs in a mount namespace of its own
+  whose ``/etc/hosts`` maps the name to them and whose ``/etc/nsswitch.conf`` says
+  ``hosts: files`` (the copy of ``/`` there is made private first, so neither bind
+  reaches the host; the staging mount stays shared, so the FUSE mount does). A name that
+  answers otherwise later (DNS rebinding) changes nothing until the next attach, which
+  checks again (a restart's reconcile is an attach);
+- rclone follows HTTP redirects, so where the checked addresses need no exception it runs
+  with the group ``network.FENCED_GID``, and the host table refuses that group's packets
+  to everything the guard refuses. A server the operator allowed is trusted not to
+  redirect: its rclone is not fenced (it must reach what the guard refuses);
+- the FUSE mount applies permissions (``--default-permissions``, ``--umask 077``, files
+  owned by the sandbox's host uid) and the staging directory is host root's, 0710, group
+  the sandbox's: no other user of the host lists or reads a bucket, and the sandbox sees
+  its own files.
+
+Endpoints with user-info are refused here too (``spec`` refuses them first), and no message
+or log line of this module carries an endpoint.
+
 A record per mount (``state_dir/mounts/<id>.json``: rclone's pid and start time, the
 mount path, bucket and prefix; never a credential or the endpoint, which may carry userinfo)
 lets ``detach`` and ``detach_all`` undo it all after a backend restart. rclone runs in its own
@@ -57,6 +82,7 @@ The API the core calls (``handle`` is a :class:`SandboxHandle` of a running sand
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -66,17 +92,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pulumi_leap0.runner import sysutil
+from pulumi_leap0.runner import network, sysutil
+from pulumi_leap0.runner.egress.resolve import AddressGuard, lookup
 from pulumi_leap0.runner.errors import RunnerError
+from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import MountConfig
 
 RCLONE = shutil.which("rclone")
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
-# Root is needed to mount FUSE for another uid and to enter the sandbox's namespaces.
-AVAILABLE = bool(os.geteuid() == 0 and RCLONE and FUSERMOUNT and Path("/dev/fuse").exists())
+# Root is needed to mount FUSE for another uid and to enter the sandbox's namespaces;
+# nftables for the fence around rclone.
+AVAILABLE = bool(os.geteuid() == 0 and RCLONE and FUSERMOUNT and Path("/dev/fuse").exists()
+                 and shutil.which(network.NFT, path=sysutil.HOST_ENV["PATH"]))
 
 MOUNT_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
@@ -115,6 +146,8 @@ class SandboxHandle:
     staging_sandbox: str
     uid: int
     gid: int
+    #: The resolver for endpoint names and the operator's exceptions to the address guard.
+    egress: EgressSettings = field(default_factory=EgressSettings)
 
 
 def _record_path(handle: SandboxHandle, mount_id: str) -> Path:
@@ -243,28 +276,43 @@ def _check_path(path: str) -> None:
 
 def attach(handle: SandboxHandle, config: MountConfig) -> None:
     if not AVAILABLE or RCLONE is None:
-        raise RunnerError("object-storage mounts need rclone, fuse3 and /dev/fuse on the host")
+        raise RunnerError("object-storage mounts need rclone, fuse3, nftables and /dev/fuse "
+                          "on the host")
     if not handle.init_pid:
         raise RunnerError("the sandbox is not running")
     if not _MOUNT_ID.match(config.id):
         raise RunnerError("mount ids are letters, digits, '_' and '-'")
     _check_path(config.mount_path)
+    target = _target(config.endpoint, handle.egress)
     detach(handle, config.id)  # a changed mount is made anew under the same id
+    network.install_host_rules()  # the fence, also on a host whose sandboxes are deny-all
+    # Traversable by the sandbox's uid alone (the helper makes directories as it).
+    os.chown(handle.staging_host, 0, handle.gid)
+    os.chmod(handle.staging_host, 0o710)
     private = handle.staging_host / _PRIVATE
     private.mkdir(mode=0o700, exist_ok=True)
     os.chmod(private, 0o700)  # host root's: the sandbox user cannot traverse it
-    _check_reachable(config)
-    host_dir = handle.staging_host / config.id
-    host_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     record = _record_path(handle, config.id)
     record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        _make(handle, config, _confinement(target, record), record)
+    except BaseException:
+        detach(handle, config.id)  # the pins too
+        raise
+
+
+def _make(handle: SandboxHandle, config: MountConfig, confine: list[str], record: Path) -> None:
+    assert RCLONE is not None
+    _check_reachable(config, confine)
+    host_dir = handle.staging_host / config.id
+    host_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = (record.parent / f"{config.id}.log").open("ab")
     remote = f"{_REMOTE}:{config.bucket}/{config.prefix}"
     process = subprocess.Popen(
-        [RCLONE, MOUNT_COMMAND, "--config", "/dev/null", remote, str(host_dir),
-         "--read-only", "--allow-other", "--vfs-cache-mode", "off",
-         # Files show as the sandbox user's (not nobody's), readable by all.
-         "--uid", str(handle.uid), "--gid", str(handle.gid), "--umask", "022",
+        [*confine, RCLONE, MOUNT_COMMAND, "--config", "/dev/null", remote, str(host_dir),
+         "--read-only", "--allow-other", "--default-permissions", "--vfs-cache-mode", "off",
+         # The sandbox user's files (not nobody's), and nobody else's: the kernel checks.
+         "--uid", str(handle.uid), "--gid", str(handle.gid), "--umask", "077",
          "--dir-cache-time", "5s", "--poll-interval", "0", *READ_FLAGS],
         env=_rclone_env(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         start_new_session=True,  # outlives the backend, like the sandbox it serves
@@ -278,15 +326,69 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
         "bucket": config.bucket,
         "prefix": config.prefix,
     }))
+    _wait_mounted(process, host_dir)
+    _in_sandbox(handle, "attach", config.id, config.mount_path)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The host an endpoint names and the addresses of it that passed the check."""
+
+    #: None when the endpoint is an address: nothing to resolve, nothing to pin.
+    name: str | None
+    addresses: tuple[str, ...]
+    #: Every address passes the guard without the operator's exception.
+    fenced: bool
+
+
+_REFUSED = ("the endpoint leads to an address mounts may not reach (loopback, link-local, "
+            "this host, a sandbox network) unless the operator allows it")
+
+
+def _target(endpoint: str, egress: EgressSettings) -> _Target:
+    """Resolve and check the endpoint's host now (module docstring)."""
+    parts = urlsplit(endpoint)
+    if "@" in parts.netloc or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RunnerError("a mount endpoint must be an http or https URL without user-info")
+    host = parts.hostname
     try:
-        _wait_mounted(process, host_dir)
-        _in_sandbox(handle, "attach", config.id, config.mount_path)
-    except BaseException:
-        detach(handle, config.id)
-        raise
+        ipaddress.ip_address(host)
+        name, found = None, [host]
+    except ValueError:
+        name, found = host, lookup(host, egress.resolver)
+    if not found:
+        raise RunnerError("the endpoint's host name does not resolve to an IPv4 address")
+    guard = AddressGuard(network.FENCED_CIDRS, egress.allow_mount_endpoints)
+    allowed = tuple(a for a in found if guard.allows(a))
+    if not allowed:
+        raise RunnerError(_REFUSED)
+    return _Target(name, allowed, all(guard.allows_unless_excepted(a) for a in allowed))
 
 
-def _check_reachable(config: MountConfig) -> None:
+# Runs as root in rclone's own mount namespace: the copies of the mounts holding /etc/hosts
+# and /etc/nsswitch.conf become private, so the binds over them stay there.
+_PIN = ('set -e; for f in /etc/hosts /etc/nsswitch.conf; do '
+        'mount --make-private "$(findmnt -no TARGET -T "$f")"; done; '
+        'mount --bind "$1" /etc/hosts; mount --bind "$2" /etc/nsswitch.conf; shift 2; '
+        'exec "$@"')
+
+
+def _confinement(target: _Target, record: Path) -> list[str]:
+    """The argv that runs an rclone command pinned to ``target`` and, where it can be,
+    fenced in (module docstring)."""
+    argv = []
+    if target.fenced:
+        argv += ["setpriv", f"--regid={network.FENCED_GID}", "--clear-groups", "--"]
+    if target.name is not None:
+        hosts, nsswitch = record.with_suffix(".hosts"), record.with_suffix(".nsswitch")
+        hosts.write_text("".join(f"{a} {target.name}\n" for a in target.addresses))
+        nsswitch.write_text("hosts: files\n")
+        argv += ["unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c",
+                 _PIN, "leap0-pin", str(hosts), str(nsswitch)]
+    return argv
+
+
+def _check_reachable(config: MountConfig, confine: list[str]) -> None:
     """Fail now, with a reason, rather than mount a bucket that will only ever be empty.
 
     ``rclone mount`` itself succeeds without reaching the endpoint (it is lazy), so a
@@ -296,17 +398,18 @@ def _check_reachable(config: MountConfig) -> None:
     remote = f"{_REMOTE}:{config.bucket}/{config.prefix}"
     try:
         done = subprocess.run(
-            [RCLONE, "lsf", "--config", "/dev/null", "--max-depth", "1", "--contimeout", "5s",
-             "--timeout", "10s", "--retries", "1", "--low-level-retries", "1", remote],
+            [*confine, RCLONE, "lsf", "--config", "/dev/null", "--max-depth", "1",
+             "--contimeout", "5s", "--timeout", "10s", "--retries", "1",
+             "--low-level-retries", "1", remote],
             env=_rclone_env(config), capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise RunnerError(f"the bucket at {config.endpoint} did not answer in time") from None
+        raise RunnerError("the bucket's endpoint did not answer in time") from None
     if done.returncode != 0:
         raise RunnerError(
-            f"the bucket {config.bucket!r} at {config.endpoint} could not be listed: check "
-            "the endpoint, bucket, prefix and credentials"
+            f"the bucket {config.bucket!r} could not be listed: check the endpoint, bucket, "
+            "prefix and credentials"
         )
 
 
@@ -343,7 +446,8 @@ def detach(handle: SandboxHandle, mount_id: str) -> None:
         _stop_rclone(int(record["pid"]), record.get("start_time"))
     with contextlib.suppress(OSError):
         host_dir.rmdir()
-    for leftover in (record_path, record_path.with_suffix(".log")):
+    for leftover in (record_path, *(record_path.with_suffix(x)
+                                     for x in (".log", ".hosts", ".nsswitch"))):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
 

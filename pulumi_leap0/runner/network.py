@@ -39,24 +39,41 @@ What each policy gets:
   leaves the sandbox, whatever the program does.
 * ``allow-all`` (and no policy): a veth pair to the host with a private /30 from
   ``SANDBOX_NET``, a default route through the host, and masquerade on the way out. The
-  host's nftables table ``leap0`` keeps sandboxes from reaching each other and the host's
-  own services (only replies come back in).
+  host's nftables table ``inet leap0`` keeps sandboxes from reaching each other and the
+  host's own services (only replies come back in).
 * ``custom``: the allow-all plumbing, plus nftables rules inside the sandbox's namespace
   (which its processes cannot change) that let only ``allow_cidrs`` through the veth and
   hand every DNS query and every other TCP connection to the sandbox's egress filter, a
   host-side process (``runner/egress``, run by ``egress_filter``) started here before any
   sandbox process exists. With transforms, the filter's CA is bound into the sandbox as its
   trust bundle.
+
+IPv4 only, in every mode: IPv6 is disabled on both ends of every veth, so neither has an
+address (not even ``fe80::``) for the other side to reach, and the host table drops any IPv6
+packet that comes from or goes to a sandbox veth anyway (``VETH_GROUP``). Both, because each
+covers a failure of the other: a host whose firewall manager flushes nftables still gives
+the veths no IPv6, and a veth that somehow gets an address (an operator's sysctl, a
+template of #13 that asks for it) still meets the table. The sandbox's own loopback keeps
+``::1``: it leads nowhere but the sandbox.
+
+Forwarding: masquerade needs ``net.ipv4.ip_forward``, which is one switch for the whole
+host. When it was off before leap0 turned it on, the table ``inet leap0_forward`` (made
+first, kept for as long as forwarding stays on) drops every forwarded IPv4 packet that
+neither comes from nor goes to a sandbox veth, so the host routes for its sandboxes and for
+nobody else. When it was already on, forwarding is the operator's and left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import os
+import re
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,29 +95,65 @@ TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL
 #: Where sandboxes' veth addresses come from: one /30 each (host .1, sandbox .2).
 SANDBOX_NET = ipaddress.IPv4Network("10.201.0.0/16")
 _SLOTS = SANDBOX_NET.num_addresses // 4
+#: The interface group of every sandbox veth's host end: how the host table knows them.
+VETH_GROUP = 7840
+#: The group host-side helpers that dial for a sandbox run with (rclone, ``mounts.py``):
+#: the host table refuses their packets to whatever the egress address guard refuses
+#: (``egress/resolve.py``), whatever they were redirected or resolved to. Below the
+#: sandboxes' own host ids (``identity.SANDBOX_HOST_UID_BASE``), used by nothing else.
+FENCED_GID = 1_999_999_999
+#: Never dialled for a sandbox (besides this host's own addresses): link-local (cloud
+#: metadata), multicast, "this network", reserved and broadcast, the sandbox networks.
+FENCED_CIDRS = ("169.254.0.0/16", "224.0.0.0/4", "0.0.0.0/8", "240.0.0.0/4", str(SANDBOX_NET))
 
 # One table of our own, replaced whole in one transaction so rules never pile up:
 # sandboxes reach the world, not each other and not the host (replies to their own
-# connections come back through conntrack).
-_NFT_RULES = f"""
-table ip leap0
-delete table ip leap0
-table ip leap0 {{
+# connections come back through conntrack), and nothing of IPv6. Fenced helpers (rclone)
+# reach the world only.
+def _whole_table(name: str, chains: str) -> str:
+    """nft input that replaces table ``name`` whole, in one transaction."""
+    return f"table {name}\ndelete table {name}\ntable {name} {{\n{chains}}}\n"
+
+
+# The saddr rules hold for veths made before VETH_GROUP existed (sandboxes outlive an
+# upgrade); install_host_rules gives those the group too.
+_NFT_RULES = _whole_table("inet leap0", f"""
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr {SANDBOX_NET} ip daddr != {SANDBOX_NET} masquerade
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        iifgroup {VETH_GROUP} meta nfproto ipv6 drop
+        oifgroup {VETH_GROUP} meta nfproto ipv6 drop
         ip saddr {SANDBOX_NET} ip daddr {SANDBOX_NET} drop
     }}
     chain input {{
         type filter hook input priority filter; policy accept;
+        iifgroup {VETH_GROUP} meta nfproto ipv6 drop
+        iifgroup {VETH_GROUP} ct state established,related accept
+        iifgroup {VETH_GROUP} drop
         ip saddr {SANDBOX_NET} ct state established,related accept
         ip saddr {SANDBOX_NET} drop
     }}
-}}
-"""
+    chain output {{
+        type filter hook output priority filter; policy accept;
+        meta skgid {FENCED_GID} jump fenced
+    }}
+    chain fenced {{
+        meta nfproto ipv6 reject
+        fib daddr type local reject
+        ip daddr {{ {", ".join(FENCED_CIDRS)} }} reject
+    }}
+""")
+
+# Made only when leap0 is the one turning IPv4 forwarding on (module docstring).
+_NFT_FORWARD_SCOPE = _whole_table("inet leap0_forward", f"""
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        meta nfproto ipv4 iifgroup != {VETH_GROUP} oifgroup != {VETH_GROUP} drop
+    }}
+""")
 
 
 # The custom policy inside the sandbox's namespace. DNS first, whatever its address (even
@@ -130,12 +183,17 @@ table inet leap0_egress {{
 
 @dataclass(frozen=True)
 class EgressSettings:
-    """How a runner's egress filters resolve and verify what they dial (custom policies)."""
+    """How a runner's host side resolves, verifies and reaches what it dials for sandboxes:
+    egress filters (custom policies) and mount endpoints."""
 
-    #: "ip:port" of the DNS server for allowed names; None uses the host's resolver.
+    #: "ip:port" of the DNS server for allowed names and mount endpoints; None uses the
+    #: host's resolver.
     resolver: str | None = None
     #: A CA to trust for upstream TLS besides the system's (private PKI, tests).
     upstream_ca_file: Path | None = None
+    #: CIDRs mount endpoints may reach although the address guard refuses them (an S3
+    #: server on this host's loopback): the operator's explicit exception.
+    allow_mount_endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,12 +238,16 @@ def _free_slot(name: str) -> ipaddress.IPv4Network:
 
 
 def _connect(name: str) -> None:
-    """veth to the host, default route through it, NAT out (allow-all)."""
+    """veth to the host, default route through it, NAT out (allow-all); IPv4 only."""
     host_if, sandbox_if = _veth_names(name)
     subnet = _free_slot(name)
     host_ip, sandbox_ip = subnet.network_address + 1, subnet.network_address + 2
+    # Interfaces made in the namespace from now on (its eth0) get no IPv6; its loopback,
+    # made with it, keeps ::1.
+    _in_netns(NETNS_DIR / name, lambda: _disable_ipv6(Path(_DEFAULT_IPV6_SWITCH)))
     # Two `ip -batch` runs instead of seven `ip` runs: this is on every sandbox's start path.
-    host_side = (f"link add {host_if} type veth peer name {sandbox_if} netns {name}\n"
+    host_side = (f"link add {host_if} group {VETH_GROUP} type veth peer name {sandbox_if} "
+                 f"netns {name}\n"
                  f"addr add {host_ip}/30 dev {host_if}\n"
                  f"link set {host_if} up\n")
     sandbox_side = (f"link set {sandbox_if} name eth0\n"
@@ -197,22 +259,90 @@ def _connect(name: str) -> None:
                               capture_output=True, text=True, check=False, timeout=30)
         if done.returncode != 0:
             raise RunnerError(f"could not connect the sandbox network: {done.stderr.strip()}")
-    _install_nat()
+        if not prefix:
+            # Before the sandbox end is up: a veth has no carrier, so no address, until then.
+            _disable_ipv6(Path(f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"))
+    install_host_rules()
 
 
-_nat_installed = False
+def _disable_ipv6(switch: Path) -> None:
+    if Path("/proc/sys/net/ipv6").is_dir():  # else the kernel has no IPv6 at all
+        switch.write_text("1")
 
 
-def _install_nat() -> None:
-    global _nat_installed
-    if _nat_installed:
-        return
-    nft = subprocess.run([NFT, "-f", "-"], input=_NFT_RULES, env=sysutil.HOST_ENV,
-                         capture_output=True, text=True, check=False, timeout=30)
-    if nft.returncode != 0:
-        raise RunnerError(f"could not install the sandbox NAT rules: {nft.stderr.strip()}")
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
-    _nat_installed = True
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+
+
+_DEFAULT_IPV6_SWITCH = "/proc/sys/net/ipv6/conf/default/disable_ipv6"
+
+
+def _in_netns(netns: Path, work: Callable[[], None]) -> None:
+    """Run ``work`` (a /proc/sys/net write) in another network namespace. /proc/sys/net shows
+    the namespace of the thread that opens it, so a thread of its own joins the namespace
+    (setns affects that thread only, and it ends right after): no process to start."""
+    failed: list[OSError] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            work()
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="leap0-netns")
+    thread.start()
+    thread.join()
+    if failed:
+        raise RunnerError(f"could not configure the sandbox network: {failed[0]}")
+
+
+_host_rules_installed = False
+_host_rules_lock = threading.Lock()
+
+
+def install_host_rules() -> None:
+    """The host table (sandbox veths and fenced helpers), once per process; forwarding on,
+    scoped to sandbox veths when leap0 is the one turning it on (module docstring)."""
+    global _host_rules_installed
+    with _host_rules_lock:
+        if _host_rules_installed:
+            return
+        _nft(_NFT_RULES, "the sandbox NAT rules")
+        _adopt_older_veths()
+        forwarding = Path("/proc/sys/net/ipv4/ip_forward")
+        if forwarding.read_text().strip() != "1":
+            # The scope first: no packet of anyone else is ever forwarded in between.
+            _nft(_NFT_FORWARD_SCOPE, "the forwarding scope")
+            forwarding.write_text("1")
+        _host_rules_installed = True
+
+
+_HOST_END = re.compile(r"^l0h[0-9a-f]{10}$")  # what _veth_names makes
+
+
+def _adopt_older_veths() -> None:
+    """Sandboxes started before an upgrade keep running: their veths get the group and
+    lose IPv6 as new ones are made."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/sys/class/net"):
+            if _HOST_END.match(name):
+                _ip("link", "set", "dev", name, "group", str(VETH_GROUP))
+                with contextlib.suppress(OSError):
+                    _disable_ipv6(Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"))
+
+
+def _nft(rules: str, what: str) -> None:
+    done = subprocess.run([NFT, "-f", "-"], input=rules, env=sysutil.HOST_ENV,
+                          capture_output=True, text=True, check=False, timeout=30)
+    if done.returncode != 0:
+        raise RunnerError(f"could not install {what}: {done.stderr.strip()}")
 
 
 def setup(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir: Path, *, scope: str,

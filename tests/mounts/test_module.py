@@ -19,8 +19,9 @@ import pytest
 
 from pulumi_leap0.runner import mounts, sysutil
 from pulumi_leap0.runner.errors import RunnerError
+from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import MountConfig
-from tests.fixtures.s3 import OBJECTS, S3
+from tests.fixtures.s3 import ALLOWED_CIDR, OBJECTS, S3
 from tests.support import require
 
 
@@ -62,7 +63,8 @@ def bare(tmp_path: Path) -> Iterator[Bare]:
     root.mkdir()
     handle = mounts.SandboxHandle(
         sandbox_id="bare", init_pid=process.pid, state_dir=tmp_path / "state",
-        staging_host=staging, staging_sandbox=str(staging), uid=0, gid=0)
+        staging_host=staging, staging_sandbox=str(staging), uid=0, gid=0,
+        egress=EgressSettings(allow_mount_endpoints=(ALLOWED_CIDR,)))
     box = Bare(handle, root, process)
     try:
         yield box

@@ -51,7 +51,7 @@ def test_a_new_runner_keeps_live_mounts_and_recover_cleans_orphans(
     kept = sandboxes.start(mounts=[_mount(s3)])
     orphan = sandboxes.start(mounts=[_mount(s3)])
     # A backend restart: a new Runner over the same state, told which sandboxes it knows.
-    again = Runner(runner.root_dir)
+    again = Runner(runner.root_dir, egress=runner.egress)
     assert again.recover([kept]) == {kept}
     assert _rclone_pids(again, orphan) == [] and leftovers(again, orphan) == []
     assert _read(again, kept, "/mnt/models/readme.txt").startswith("weights")

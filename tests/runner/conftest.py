@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from pulumi_leap0.runner import Runner, SandboxConfig
+from pulumi_leap0.runner.network import EgressSettings
+from tests.fixtures.s3 import ALLOWED_CIDR
 from tests.support import require
 
 TEMPLATE = "system/debian:bookworm"
@@ -59,7 +61,8 @@ class Sandboxes:
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    r = Runner(tmp_path_factory.mktemp("runner") / "sandboxes")
+    r = Runner(tmp_path_factory.mktemp("runner") / "sandboxes",
+               egress=EgressSettings(allow_mount_endpoints=(ALLOWED_CIDR,)))
     require_capability(r, "bubblewrap", "namespaces")
     return r
 

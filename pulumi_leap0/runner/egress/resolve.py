@@ -2,7 +2,8 @@
 
 A name the policy allows can still resolve to somewhere a sandbox must not go (DNS
 rebinding: ``allowed.example`` answering ``127.0.0.1``, or the cloud metadata address), so
-every address is checked before it is used, not only before it is answered.
+every address is checked before it is used, not only before it is answered. The mounts
+(``runner/mounts.py``) check their endpoints with the same guard, and ``lookup``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,22 @@ CACHE_SECONDS = 30.0
 
 class AddressGuard:
     """Loopback, link-local (metadata), multicast, this host's own addresses and the
-    sandbox networks are never dialled, whatever a name resolves to."""
+    sandbox networks are never dialled, whatever a name resolves to, unless an address is
+    in ``allowed_cidrs``: an operator's explicit exception (an S3 server on this host)."""
 
-    def __init__(self, forbidden_cidrs: Iterable[str]) -> None:
+    def __init__(self, forbidden_cidrs: Iterable[str], allowed_cidrs: Iterable[str] = ()) -> None:
         self._forbidden = [ipaddress.ip_network(c) for c in forbidden_cidrs]
+        self._allowed = [ipaddress.ip_network(c) for c in allowed_cidrs]
         self._local: dict[str, bool] = {}
 
     def allows(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        if any(ip in net for net in self._allowed):
+            return True
+        return self.allows_unless_excepted(address)
+
+    def allows_unless_excepted(self, address: str) -> bool:
+        """What the rules alone say, ``allowed_cidrs`` left out."""
         ip = ipaddress.ip_address(address)
         if (ip.version != 4 or ip.is_loopback or ip.is_link_local or ip.is_multicast
                 or ip.is_unspecified or ip.is_reserved):
@@ -50,6 +60,30 @@ class AddressGuard:
         return self._local[address]
 
 
+def _point(resolver: dns.resolver.BaseResolver, server: str) -> None:
+    host, _, port = server.rpartition(":")
+    resolver.nameservers = [host]
+    resolver.port = int(port)
+    resolver.lifetime = 5.0
+
+
+def lookup(name: str, server: str | None) -> list[str]:
+    """The IPv4 addresses of ``name`` now, from ``server`` ("ip:port") or else the host's
+    resolver, unchecked and uncached: for a caller that checks them and then pins them."""
+    if server:
+        resolver = dns.resolver.Resolver(configure=False)
+        _point(resolver, server)
+        try:
+            return [rdata.address for rdata in resolver.resolve(name, "A")]
+        except (dns.exception.DNSException, OSError):
+            return []
+    try:
+        infos = socket.getaddrinfo(name, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 class Resolver:
     """IPv4 addresses of a name, from ``server`` ("ip:port") or else the host's resolver."""
 
@@ -57,11 +91,8 @@ class Resolver:
         self._guard = guard
         self._dns: dns.asyncresolver.Resolver | None = None
         if server:
-            host, _, port = server.rpartition(":")
             self._dns = dns.asyncresolver.Resolver(configure=False)
-            self._dns.nameservers = [host]
-            self._dns.port = int(port)
-            self._dns.lifetime = 5.0
+            _point(self._dns, server)
         self._cache: dict[str, tuple[float, list[str]]] = {}
 
     async def addresses(self, name: str) -> list[str]:
