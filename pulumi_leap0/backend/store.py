@@ -350,14 +350,19 @@ class Store:
         direction = "DESC" if descending else "ASC"
         # Sort columns come from a fixed map, never from the request text.
         order = f"{_SORT_COLUMNS[sort]} {direction}, id {direction}"
+        offset = (page - 1) * page_size
         with self._lock:
             (total,) = self._db.execute(
                 f"SELECT COUNT(*) FROM sandboxes WHERE {where}", args
             ).fetchone()
+            if offset >= total:
+                # Past the last sandbox, and sqlite binds no integer past 2**63 - 1: the API
+                # sets no largest page, so an empty page is the answer, not an overflow.
+                return [], int(total)
             rows = self._db.execute(
                 f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE {where} ORDER BY {order} "
                 "LIMIT ? OFFSET ?",
-                [*args, page_size, (page - 1) * page_size],
+                [*args, page_size, offset],
             ).fetchall()
         return [_sandbox(row, []) for row in rows], int(total)
 
