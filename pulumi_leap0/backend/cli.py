@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--call-timeout", metavar="SECONDS", type=_positive, default=None,
                        help="how long a file call may take before it is answered 504 "
                        "(default: 60); an execute has its own timeout")
+    serve.add_argument("--max-memory-mib", metavar="MIB", type=int, default=None,
+                       help="memory all sandboxes may hold at once; a sandbox that does "
+                       "not fit is refused with 503 (default: the host's memory less a "
+                       "tenth, at least 1 GiB)")
     data_dir_option(serve)
 
     api_key = commands.add_parser("api-key", help="manage API keys")
@@ -98,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(host: str, port: int, data_dir: Path, log_level: str,
            egress_resolver: str | None = None, egress_ca_file: Path | None = None,
            allow_mount_endpoints: Sequence[str] = (),
-           call_timeout_s: float | None = None) -> int:
+           call_timeout_s: float | None = None, max_memory_mib: int | None = None) -> int:
     import uvicorn
 
     from pulumi_leap0.backend import runtime
@@ -111,7 +115,8 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
     runner = runtime.make_runner(data_dir / "sandboxes", egress_resolver=egress_resolver,
                                  egress_ca_file=egress_ca_file,
                                  allow_mount_endpoints=allow_mount_endpoints)
-    app = create_app(data_dir, runner=runner, call_timeout_s=call_timeout_s or CALL_TIMEOUT_S)
+    app = create_app(data_dir, runner=runner, call_timeout_s=call_timeout_s or CALL_TIMEOUT_S,
+                     memory_capacity_mib=max_memory_mib)
     # httptools and uvloop when installed ("auto"): they roughly double GET throughput.
     config = uvicorn.Config(
         app,
@@ -159,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "serve":
         return _serve(args.host, args.port, data_dir, args.log_level, args.egress_resolver,
-                      args.egress_ca_file, args.allow_mount_endpoints, args.call_timeout)
+                      args.egress_ca_file, args.allow_mount_endpoints, args.call_timeout,
+                      args.max_memory_mib)
     if args.command == "api-key":
         return _api_key_create(args.org, data_dir)
     return _doctor(data_dir)

@@ -45,6 +45,7 @@ from pulumi_leap0.backend.shares import Lane, Shares
 from pulumi_leap0.backend.store import (
     MountConflict,
     MountRecord,
+    NoCapacity,
     QuotaExceeded,
     SandboxRecord,
     Store,
@@ -66,9 +67,12 @@ EXECUTE_GRACE_S = 15.0
 
 class Lifecycle:
     def __init__(self, store: Store, runner: runtime.Runner, *,
-                 shares: Shares | None = None, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+                 shares: Shares | None = None, call_timeout_s: float = CALL_TIMEOUT_S,
+                 memory_capacity_mib: int | None = None) -> None:
         self.store = store
         self.runner = runner
+        #: MiB of memory all sandboxes may hold at once (``backend/capacity.py``); None: any.
+        self.memory_capacity_mib = memory_capacity_mib
         self.shares = shares or Shares()
         self.call_timeout_s = call_timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
@@ -141,13 +145,17 @@ class Lifecycle:
         except runtime.RunnerError:  # its one complaint here: a template it does not know
             raise invalid("template_name", "must name a known template") from None
         try:
-            record = self.store.insert_sandbox(org_id, request, disk=disk)
+            record = self.store.insert_sandbox(
+                org_id, request, disk=disk, memory_capacity_mib=self.memory_capacity_mib
+            )
         except QuotaExceeded as exc:
             raise conflict(
                 f"sandbox limit reached: an organization may have at most "
                 f"{spec.MAX_SANDBOXES_PER_ORG} sandboxes and this one has {exc.existing}; "
                 "delete one first"
             ) from None
+        except NoCapacity:
+            raise _no_capacity(request.memory) from None
         async with self._lock(record.id):
             try:
                 await self._run(self.runner.start, runtime.sandbox_config(record))
@@ -236,7 +244,10 @@ class Lifecycle:
             record = self._reload(sandbox_id)
             if record.state != S.STOPPED:
                 raise conflict(f"the sandbox is {record.state.value}, not stopped")
-            self.store.set_state(sandbox_id, S.STARTING)
+            try:
+                self.store.claim_start(sandbox_id, record.memory, self.memory_capacity_mib)
+            except NoCapacity:
+                raise _no_capacity(record.memory) from None
             try:
                 await self._run(self.runner.start, runtime.sandbox_config(record))
             except Exception as exc:
@@ -457,6 +468,13 @@ class Lifecycle:
                 else:
                     log.info("sandbox %s reached its timeout: deleting", sandbox_id)
                     await self._delete_locked(sandbox_id)
+
+
+def _no_capacity(memory: int) -> ApiError:
+    # Nothing about other organizations' sandboxes: how full the host is is theirs too.
+    return ApiError(503, f"no runner capacity is available: this server has no room for "
+                    f"another sandbox of {memory} MiB now; try again later or ask for less "
+                    "memory")
 
 
 def _mount_failed(exc: Exception) -> Exception:
