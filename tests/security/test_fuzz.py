@@ -245,13 +245,26 @@ class TwoOrganizations(RuleBasedStateMachine):
         box = self.boxes.get(box_id)
         return box if box is not None and box.owner == org else None
 
-    def _ran(self, box: Box, answer: httpx.Response) -> bool:
-        """A call into ``box`` that reached it: a paused sandbox was resumed by it."""
+    def _reach(self, who: str, box_id: str, method: str, tail: str, *, valid: bool = True,
+               **kwargs: Any) -> tuple[httpx.Response, Box | None]:
+        """A call into a sandbox, and the sandbox if the call reached it (a paused one is
+        resumed by it). None when there is no more to check: the sandbox is not the
+        caller's (answered 404), the input breaks a rule of spec.py (400), or the sandbox
+        is stopped (409)."""
+        org = self._org(box_id, who)
+        answer = self._call(org, method, f"/v1/sandbox/{box_id}/{tail}", **kwargs)
+        box = self._mine(org, box_id)
+        if box is None:
+            _not_found(answer)
+            return answer, None
+        if not valid:
+            assert answer.status_code == 400, answer.text
+            return answer, None
         if box.state == "stopped":
             assert answer.status_code == 409, answer.text
-            return False
+            return answer, None
         box.state = "running"
-        return True
+        return answer, box
 
     def _check_files(self, box_id: str, box: Box) -> None:
         for path in FILES:
@@ -334,6 +347,8 @@ class TwoOrganizations(RuleBasedStateMachine):
         box.state = expected[1]
         return None
 
+    # Deletes fill the bundle with ids of sandboxes that are gone: only with a few alive.
+    @precondition(lambda self: len(self.boxes) >= 4)
     @rule(who=WHO, box_id=sandboxes)
     def delete(self, who: str, box_id: str) -> None:
         org = self._org(box_id, who)
@@ -348,122 +363,82 @@ class TwoOrganizations(RuleBasedStateMachine):
 
     @rule(who=WHO, box_id=sandboxes, text=st.text(max_size=24), envs=ENVS)
     def execute(self, who: str, box_id: str, text: str, envs: dict[str, str]) -> None:
-        org = self._org(box_id, who)
         body = {"command": 'printf %s "$FUZZ"; printf "|%s" "$FUZZ_ENV"',
                 "envs": {**envs, "FUZZ": text}}
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/process/execute", json=body)
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
         try:
             spec.validate(spec.ExecuteRequest, body)
+            valid = True
         except spec.SpecError:
-            assert answer.status_code == 400, answer.text
-            return None
-        if self._ran(box, answer):
+            valid = False
+        answer, box = self._reach(who, box_id, "POST", "process/execute", valid=valid,
+                                  json=body)
+        if box is not None:
             assert answer.status_code == 200, answer.text
             merged = {**box.env, **body["envs"]}
-            stdout = f"{merged['FUZZ']}|{merged.get('FUZZ_ENV', '')}"
-            assert answer.json()["stdout"] == stdout
-        return None
+            assert answer.json()["stdout"] == f"{merged['FUZZ']}|{merged.get('FUZZ_ENV', '')}"
 
     # --- Files -----------------------------------------------------------------------------
 
     @rule(who=WHO, box_id=sandboxes, path=st.sampled_from(FILES),
           content=st.binary(max_size=64))
     def write_file(self, who: str, box_id: str, path: str, content: bytes) -> None:
-        org = self._org(box_id, who)
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/filesystem/write-file",
-                            params={"path": path}, content=content)
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
+        answer, box = self._reach(who, box_id, "POST", "filesystem/write-file",
+                                  params={"path": path}, content=content)
+        if box is not None:
             assert answer.status_code == 204, answer.text
             box.files[path] = content
-        return None
 
     @rule(who=WHO, box_id=sandboxes, path=st.sampled_from(FILES))
     def read_file(self, who: str, box_id: str, path: str) -> None:
-        org = self._org(box_id, who)
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/filesystem/read-file",
-                            json={"path": path})
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
-            if path in box.files:
-                assert (answer.status_code, answer.content) == (200, box.files[path])
-            else:
-                assert answer.status_code == 404, answer.text
-        return None
+        answer, box = self._reach(who, box_id, "POST", "filesystem/read-file",
+                                  json={"path": path})
+        if box is not None and path in box.files:
+            assert (answer.status_code, answer.content) == (200, box.files[path])
+        elif box is not None:
+            assert answer.status_code == 404, answer.text
 
     @rule(who=WHO, box_id=sandboxes, path=st.sampled_from(FILES + DIRS))
     def delete_file(self, who: str, box_id: str, path: str) -> None:
-        org = self._org(box_id, who)
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/filesystem/delete",
-                            json={"path": path})
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
+        answer, box = self._reach(who, box_id, "POST", "filesystem/delete", json={"path": path})
+        if box is not None:
             known = path in box.files or path in box.dirs
             assert answer.status_code == (204 if known else 404), answer.text
             box.files.pop(path, None)
             box.dirs.discard(path)
-        return None
 
     @rule(who=WHO, box_id=sandboxes, path=st.sampled_from(DIRS))
     def mkdir(self, who: str, box_id: str, path: str) -> None:
-        org = self._org(box_id, who)
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/filesystem/mkdir",
-                            json={"path": path})
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
+        answer, box = self._reach(who, box_id, "POST", "filesystem/mkdir", json={"path": path})
+        if box is not None:
             assert answer.status_code == (409 if path in box.dirs else 204), answer.text
             box.dirs.add(path)
-        return None
 
     @rule(who=WHO, box_id=sandboxes, path=st.sampled_from(FILES + DIRS),
           call=st.sampled_from(["exists", "stat"]))
     def look(self, who: str, box_id: str, path: str, call: str) -> None:
-        org = self._org(box_id, who)
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/filesystem/{call}",
-                            json={"path": path})
-        box = self._mine(org, box_id)
+        answer, box = self._reach(who, box_id, "POST", f"filesystem/{call}", json={"path": path})
         if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
-            there = path in box.files or path in box.dirs
-            if call == "exists":
-                assert answer.json() == {"exists": there}
-            elif there:
-                info = answer.json()
-                assert info["is_dir"] == (path in box.dirs)
-                assert path in box.dirs or info["size"] == len(box.files[path])
-            else:
-                assert answer.status_code == 404, answer.text
-        return None
+            return
+        there = path in box.files or path in box.dirs
+        if call == "exists":
+            assert answer.json() == {"exists": there}
+        elif there:
+            info = answer.json()
+            assert info["is_dir"] == (path in box.dirs)
+            assert path in box.dirs or info["size"] == len(box.files[path])
+        else:
+            assert answer.status_code == 404, answer.text
 
     @rule(who=WHO, box_id=sandboxes)
     def list_tmp(self, who: str, box_id: str) -> None:
-        org = self._org(box_id, who)
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/filesystem/ls",
-                            json={"path": "/tmp"})
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
+        answer, box = self._reach(who, box_id, "POST", "filesystem/ls", json={"path": "/tmp"})
+        if box is not None:
             names = {i["path"] for i in answer.json()["items"] if "/fz-" in i["path"]}
             assert names == {p for p in [*box.files, *box.dirs] if p.startswith("/tmp/")}
-        return None
 
     @rule(who=WHO, box_id=sandboxes)
     def verify_files(self, who: str, box_id: str) -> None:
-        org = self._org(box_id, who)
-        box = self._mine(org, box_id)
+        box = self._mine(self._org(box_id, who), box_id)
         if box is not None and box.state != "stopped":
             self._check_files(box_id, box)
 
@@ -476,67 +451,47 @@ class TwoOrganizations(RuleBasedStateMachine):
 
     @rule(who=WHO, box_id=sandboxes, path=st.sampled_from(MOUNT_PATHS))
     def add_mount(self, who: str, box_id: str, path: str) -> None:
-        org = self._org(box_id, who)
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/mounts",
-                            json=_mount_body(self.s3, path))
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
-            if path in {p for p, _ in box.mounts.values()}:
-                assert answer.status_code == 409, answer.text
-            else:
-                assert answer.status_code == 201, answer.text
-                box.mounts[answer.json()["id"]] = (path, "release/")
-        return None
+        answer, box = self._reach(who, box_id, "POST", "mounts",
+                                  json=_mount_body(self.s3, path))
+        if box is not None and path in {p for p, _ in box.mounts.values()}:
+            assert answer.status_code == 409, answer.text
+        elif box is not None:
+            assert answer.status_code == 201, answer.text
+            box.mounts[answer.json()["id"]] = (path, "release/")
 
     @rule(who=WHO, box_id=sandboxes, slot=st.integers(0, 1),
           prefix=st.sampled_from(sorted(PREFIXES)))
     def update_mount(self, who: str, box_id: str, slot: int, prefix: str) -> None:
-        org = self._org(box_id, who)
         mount_id = self._mount_id(box_id, slot)
-        answer = self._call(org, "PATCH", f"/v1/sandbox/{box_id}/mounts/{mount_id}",
-                            json={"prefix": prefix})
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
-            if mount_id not in box.mounts:
-                return _not_found(answer)
+        answer, box = self._reach(who, box_id, "PATCH", f"mounts/{mount_id}",
+                                  json={"prefix": prefix})
+        if box is not None and mount_id not in box.mounts:
+            _not_found(answer)
+        elif box is not None:
             assert answer.status_code == 200, answer.text
             box.mounts[mount_id] = (box.mounts[mount_id][0], prefix)
-        return None
 
     @rule(who=WHO, box_id=sandboxes, slot=st.integers(0, 1))
     def delete_mount(self, who: str, box_id: str, slot: int) -> None:
-        org = self._org(box_id, who)
         mount_id = self._mount_id(box_id, slot)
-        answer = self._call(org, "DELETE", f"/v1/sandbox/{box_id}/mounts/{mount_id}")
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
-            if mount_id not in box.mounts:
-                return _not_found(answer)
+        answer, box = self._reach(who, box_id, "DELETE", f"mounts/{mount_id}")
+        if box is not None and mount_id not in box.mounts:
+            _not_found(answer)
+        elif box is not None:
             assert answer.status_code == 204, answer.text
             del box.mounts[mount_id]
-        return None
 
     @precondition(lambda self: any(box.mounts for box in self.boxes.values()))
     @rule(who=WHO, box_id=sandboxes, slot=st.integers(0, 1))
     def read_through_mount(self, who: str, box_id: str, slot: int) -> None:
-        org = self._org(box_id, who)
         owner = self.boxes.get(box_id)
         if owner is None or not owner.mounts:
             return
         path, prefix = owner.mounts[self._mount_id(box_id, slot)]
         name, content = PREFIXES[prefix]
-        answer = self._call(org, "POST", f"/v1/sandbox/{box_id}/filesystem/read-file",
-                            json={"path": f"{path}/{name}"})
-        box = self._mine(org, box_id)
-        if box is None:
-            return _not_found(answer)
-        if self._ran(box, answer):
+        answer, box = self._reach(who, box_id, "POST", "filesystem/read-file",
+                                  json={"path": f"{path}/{name}"})
+        if box is not None:
             assert (answer.status_code, answer.content) == (200, content), answer.text
 
     # --- Anything, anywhere ------------------------------------------------------------------
