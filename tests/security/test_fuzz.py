@@ -521,8 +521,11 @@ class TwoOrganizations(RuleBasedStateMachine):
             return
         if box is None:
             return _not_found(answer)
-        if box.state == "paused" and answer.status_code in (200, 404) and "filesystem" in template:
-            box.state = "running"  # the call reached the sandbox, which resumed it
+        if box.state == "paused" and "filesystem" in template:
+            # A call that reached the sandbox resumed it, whatever it answered (a directory
+            # read as a file is a 400 from inside): the one change such a call may make.
+            now = self._call(org, "GET", f"/v1/sandbox/{box_id}/").json()["state"]
+            box.state = "running" if now == "running" else box.state
         return None
 
     # --- What must always hold -----------------------------------------------------------
