@@ -1,11 +1,14 @@
-"""Reference backend benchmarks: create-to-running latency and GET throughput.
+"""Reference backend benchmarks: create-to-running, execute latency and GET throughput.
 
-    python bench/bench_backend.py [--sandboxes 60] [--clients 32] [--seconds 5]
+    python bench/bench_backend.py [--sandboxes 60] [--executes 200] [--clients 32] [--seconds 5]
 
 Starts a real ``leap0-backend serve`` on a free port with a throwaway data dir, then:
 
 * create-to-running: POST a sandbox, wait until it reports ``running``, DELETE it; one at
   a time, so each figure is one sandbox's full boot. Median and p99.
+* execute: ``process/execute`` of ``true`` in one sandbox, one at a time: the whole path of
+  a call (key, sandbox, the organization's share, the body, a worker thread, the runner's
+  exec chain). Median and p99.
 * GET throughput: ``--clients`` concurrent httpx async clients (one keep-alive connection
   each) reading one sandbox's status for ``--seconds``. httpx costs more CPU per request
   than the server does, so the clients are spread over ``--client-processes`` processes;
@@ -92,6 +95,23 @@ def bench_create(base_url: str, key: str, count: int) -> list[float]:
     return latencies
 
 
+def bench_execute(base_url: str, key: str, count: int) -> list[float]:
+    latencies: list[float] = []
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as http:
+        sandbox_id = http.post("/v1/sandbox/", json={"template_name": TEMPLATE}).json()["id"]
+        try:
+            for _ in range(count):
+                started = time.perf_counter()
+                http.post(f"/v1/sandbox/{sandbox_id}/process/execute",
+                          json={"command": "true"}).raise_for_status()
+                latencies.append((time.perf_counter() - started) * 1000)
+        finally:
+            http.delete(f"/v1/sandbox/{sandbox_id}/")
+    return latencies
+
+
 async def _hammer(url: str, key: str, clients: int, seconds: float) -> tuple[int, int]:
     headers = {"Authorization": f"Bearer {key}"}
     done = errors = 0
@@ -152,6 +172,7 @@ def bench_get(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sandboxes", type=int, default=60)
+    parser.add_argument("--executes", type=int, default=200)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--client-processes", type=int, default=2,
@@ -175,6 +196,11 @@ def main() -> int:
             print(f"create-to-running over {len(latencies)} sandboxes: "
                   f"median {median:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms "
                   f"(target median < {TARGET_CREATE_MEDIAN_MS:.0f} ms)")
+
+            calls = bench_execute(base_url, key, args.executes)
+            print(f"execute `true` over {len(calls)} calls: "
+                  f"median {statistics.median(calls):.1f} ms, "
+                  f"p99 {_percentile(calls, 0.99):.1f} ms")
 
             rate, errors = bench_get(
                 base_url, key, args.clients, args.seconds, args.client_processes

@@ -42,6 +42,25 @@ MAX_ALLOW_CIDRS = 10
 MAX_TRANSFORMS = 20
 MAX_SANDBOXES_PER_ORG = 3
 EXECUTE_TIMEOUT_DEFAULT_S = 30
+# What an exec can hand to Linux. A command and each environment variable (NAME=value) are
+# single strings of an execve, which Linux caps at 128 KiB each (MAX_ARG_STRLEN); all of a
+# call's variables, the sandbox's and its own, go into one execve beside the command, which
+# holds 2 MiB in all (ARG_MAX with the default 8 MiB stack); bubblewrap takes at most 9000
+# arguments, two per variable. The limits stay well inside those, so the runner may wrap
+# a command and still never fail on what the API accepted.
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_ENV_NAME_BYTES = 1024
+MAX_ENV_VALUE_BYTES = 64 * 1024
+#: For ``env_vars`` and for a call's ``envs``, each.
+MAX_ENV_VARS = 1000
+MAX_ENV_BYTES = 512 * 1024
+#: Linux's PATH_MAX, the terminating NUL included: the longest ``cwd`` is one byte less.
+PATH_MAX_BYTES = 4096
+#: One organization's share of the backend's workers: calls into its sandboxes (execute,
+#: the file calls) and changes to them (create, pause, stop, start, delete, mounts) that
+#: run at once. A call over its share waits for one to end (boundedly), then answers 429.
+MAX_CALLS_PER_ORG = 8
+MAX_CHANGES_PER_ORG = 4
 LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX = 20, 100
 
 MOUNT_TYPE: Literal["object-storage"] = "object-storage"
@@ -144,19 +163,55 @@ def _header_name(value: str) -> str:
 def _header_value(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise _fail("header_value", "must not contain line breaks")
+    if "\0" in value:
+        raise _fail("header_value", "must not contain NUL characters")
     return value
+
+
+def _size(value: str) -> int:
+    # Lone surrogates (which JSON can spell) are counted, not refused, here.
+    return len(value.encode("utf-8", "surrogatepass"))
 
 
 def _env_name(name: str) -> str:
     if not _ENV_NAME_RE.match(name):
         raise _fail("env_name", "must be letters, digits and '_', and not start with a digit")
+    if _size(name) > MAX_ENV_NAME_BYTES:
+        raise _fail("env_name", f"must be at most {MAX_ENV_NAME_BYTES} bytes")
     return name
 
 
 def _env_value(value: str) -> str:
     if "\0" in value:
         raise _fail("env_value", "must not contain NUL characters")
+    if _size(value) > MAX_ENV_VALUE_BYTES:
+        raise _fail("env_value", f"must be at most {MAX_ENV_VALUE_BYTES // 1024} KiB")
     return value
+
+
+def _environment(env: dict[str, str]) -> dict[str, str]:
+    if sum(_size(name) + _size(value) + 2 for name, value in env.items()) > MAX_ENV_BYTES:
+        raise _fail("env_size", f"must hold at most {MAX_ENV_BYTES // 1024} KiB of "
+                    "names and values")
+    return dict(sorted(env.items()))
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise _fail("nul", "must not contain NUL characters")
+    return value
+
+
+def _command(value: str) -> str:
+    if _size(value) > MAX_COMMAND_BYTES:
+        raise _fail("command", f"must be at most {MAX_COMMAND_BYTES // 1024} KiB")
+    return _no_nul(value)
+
+
+def _cwd(value: str) -> str:
+    if _size(value) >= PATH_MAX_BYTES:
+        raise _fail("cwd", f"must be shorter than {PATH_MAX_BYTES} bytes")
+    return _no_nul(value)
 
 
 Domain = Annotated[str, AfterValidator(normalize_domain)]
@@ -165,6 +220,12 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 HeaderValue = Annotated[str, AfterValidator(_header_value)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 EnvValue = Annotated[str, AfterValidator(_env_value)]
+#: A map of environment variables: at most MAX_ENV_VARS of them, MAX_ENV_BYTES in all,
+#: in name order.
+Environment = Annotated[
+    dict[EnvName, EnvValue], Field(max_length=MAX_ENV_VARS), AfterValidator(_environment)
+]
+NoNul = Annotated[str, AfterValidator(_no_nul)]
 
 
 class _Model(BaseModel):
@@ -279,6 +340,7 @@ def domain_matches(host: str, pattern: str) -> bool:
 
 
 def _mount_path(value: str) -> str:
+    _no_nul(value)
     if not value.startswith("/"):
         raise _fail("mount_path", "must be an absolute path")
     if ".." in value.split("/"):
@@ -292,6 +354,7 @@ def _mount_path(value: str) -> str:
 
 
 def _endpoint(value: str) -> str:
+    _no_nul(value)
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _fail("endpoint", "must be an http or https URL")
@@ -307,6 +370,7 @@ def _endpoint(value: str) -> str:
 
 
 def _prefix(value: str) -> str:
+    _no_nul(value)
     if value == "":
         return value
     if value.startswith("/"):
@@ -360,10 +424,10 @@ class MountRequest(_Model):
     endpoint: Endpoint = Field(description=_MOUNT_DOCS["endpoint"])
     prefix: Prefix = Field(default="", description=_MOUNT_DOCS["prefix"])
     read_only: ReadOnly = Field(default=True, description=_MOUNT_DOCS["read_only"])
-    access_key_id: str | None = Field(
+    access_key_id: NoNul | None = Field(
         default=None, description=_MOUNT_DOCS["access_key_id"], json_schema_extra={"secret": True}
     )
-    secret_access_key: str | None = Field(
+    secret_access_key: NoNul | None = Field(
         default=None,
         description=_MOUNT_DOCS["secret_access_key"],
         json_schema_extra={"secret": True},
@@ -387,8 +451,8 @@ class MountUpdateRequest(_Model):
     endpoint: Endpoint | None = Field(default=None, description=_MOUNT_DOCS["endpoint"])
     prefix: Prefix | None = Field(default=None, description=_MOUNT_DOCS["prefix"])
     read_only: ReadOnly | None = Field(default=None, description=_MOUNT_DOCS["read_only"])
-    access_key_id: str | None = Field(default=None, json_schema_extra={"secret": True})
-    secret_access_key: str | None = Field(default=None, json_schema_extra={"secret": True})
+    access_key_id: NoNul | None = Field(default=None, json_schema_extra={"secret": True})
+    secret_access_key: NoNul | None = Field(default=None, json_schema_extra={"secret": True})
 
     def apply_to(self, mount: MountRequest) -> MountRequest:
         """The mount as it is after this update (validated again as a whole)."""
@@ -419,7 +483,7 @@ class SandboxCreateRequest(_Model):
     template_name: str = Field(
         min_length=1, max_length=255, description="Name of the template to create the sandbox from."
     )
-    env_vars: dict[EnvName, EnvValue] = Field(
+    env_vars: Environment = Field(
         default_factory=dict,
         description="Environment variables set for every process in the sandbox.",
         json_schema_extra={"secret": True},
@@ -459,11 +523,6 @@ class SandboxCreateRequest(_Model):
         if name != name.strip():
             raise _fail("template_name", "must not start or end with white space")
         return name
-
-    @field_validator("env_vars")
-    @classmethod
-    def _sort_env(cls, env: dict[str, str]) -> dict[str, str]:
-        return dict(sorted(env.items()))
 
     @field_validator("mounts")
     @classmethod
@@ -514,9 +573,9 @@ class SandboxList(_Model):
 
 
 class ExecuteRequest(_Model):
-    command: str = Field(min_length=1)
-    cwd: str | None = None
-    envs: dict[str, str] = Field(default_factory=dict)
+    command: Annotated[str, Field(min_length=1), AfterValidator(_command)]
+    cwd: Annotated[str, AfterValidator(_cwd)] | None = None
+    envs: Environment = Field(default_factory=dict)
     timeout: int = Field(default=EXECUTE_TIMEOUT_DEFAULT_S, ge=1, le=TIMEOUT_MAX_S)
 
 

@@ -11,13 +11,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from anyio import to_thread
 from fastapi import APIRouter, FastAPI
 from starlette.middleware import Middleware
 
-from pulumi_leap0.backend import errors, runtime
+from pulumi_leap0.backend import capacity, errors, runtime, shares
 from pulumi_leap0.backend.auth import Authenticator
 from pulumi_leap0.backend.dependencies import Backend
-from pulumi_leap0.backend.lifecycle import Lifecycle
+from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S, Lifecycle
 from pulumi_leap0.backend.middleware import BodyLimit, InternalErrors, SandboxHost
 from pulumi_leap0.backend.routes import filesystem, health, mounts, process, sandboxes
 from pulumi_leap0.backend.store import DB_FILE_NAME, Store
@@ -41,6 +42,9 @@ ROUTERS: list[APIRouter] = [
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend: Backend = app.state.backend
+    # Every runner call takes a worker thread: the pool holds many organizations' full
+    # shares, so one at its share never makes another wait (backend/shares.py).
+    to_thread.current_default_thread_limiter().total_tokens = shares.WORKER_THREADS
     await backend.lifecycle.recover()
     backend.lifecycle.start_reaper()
     backend.ready = True
@@ -52,8 +56,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend.lifecycle.store.close()
 
 
-def create_app(data_dir: Path, runner: runtime.Runner | None = None) -> FastAPI:
-    """The application over ``data_dir`` (the sqlite store and the runner's files)."""
+def create_app(data_dir: Path, runner: runtime.Runner | None = None, *,
+               call_timeout_s: float = CALL_TIMEOUT_S,
+               memory_capacity_mib: int | None = None) -> FastAPI:
+    """The application over ``data_dir`` (the sqlite store and the runner's files).
+    ``call_timeout_s``: how long a file call may take before it is answered 504;
+    ``memory_capacity_mib``: the memory all sandboxes may hold at once (default: the
+    host's, less a reserve, ``backend/capacity.py``)."""
+    if memory_capacity_mib is None:
+        memory_capacity_mib = capacity.default_memory_mib()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(data_dir / DB_FILE_NAME)
     if runner is None:
@@ -71,7 +82,8 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None) -> FastAPI:
         routes=[route for router in ROUTERS for route in router.routes],
     )
     app.state.backend = Backend(
-        lifecycle=Lifecycle(store, runner),
+        lifecycle=Lifecycle(store, runner, call_timeout_s=call_timeout_s,
+                            memory_capacity_mib=memory_capacity_mib),
         auth=Authenticator(store),
         capabilities=runtime.capability_report(runner),
     )

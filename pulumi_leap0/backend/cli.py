@@ -2,6 +2,7 @@
 
     leap0-backend serve [--host 127.0.0.1] [--port 8360] [--data-dir DIR]
                         [--allow-mount-endpoint CIDR ...]
+                        [--call-timeout SECONDS] [--max-memory-mib MIB]
     leap0-backend api-key create --org NAME [--data-dir DIR]
     leap0-backend doctor [--data-dir DIR]
 
@@ -41,6 +42,13 @@ def _cidr(value: str) -> str:
         raise argparse.ArgumentTypeError(f"not a CIDR: {value!r}") from None
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leap0-backend", description="A local server that speaks the Leap0 API."
@@ -71,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="let mount endpoints reach addresses in CIDR although they are "
                        "this host's, loopback, link-local or a sandbox network (an S3 "
                        "server on this host); repeatable")
+    serve.add_argument("--call-timeout", metavar="SECONDS", type=_positive, default=None,
+                       help="how long a file call may take before it is answered 504 "
+                       "(default: 60); an execute has its own timeout")
+    serve.add_argument("--max-memory-mib", metavar="MIB", type=int, default=None,
+                       help="memory all sandboxes may hold at once; a sandbox that does "
+                       "not fit is refused with 503 (default: the host's memory less a "
+                       "tenth, at least 1 GiB)")
     data_dir_option(serve)
 
     api_key = commands.add_parser("api-key", help="manage API keys")
@@ -86,11 +101,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(host: str, port: int, data_dir: Path, log_level: str,
            egress_resolver: str | None = None, egress_ca_file: Path | None = None,
-           allow_mount_endpoints: Sequence[str] = ()) -> int:
+           allow_mount_endpoints: Sequence[str] = (),
+           call_timeout_s: float | None = None, max_memory_mib: int | None = None) -> int:
     import uvicorn
 
     from pulumi_leap0.backend import runtime
     from pulumi_leap0.backend.app import create_app
+    from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -98,7 +115,8 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
     runner = runtime.make_runner(data_dir / "sandboxes", egress_resolver=egress_resolver,
                                  egress_ca_file=egress_ca_file,
                                  allow_mount_endpoints=allow_mount_endpoints)
-    app = create_app(data_dir, runner=runner)
+    app = create_app(data_dir, runner=runner, call_timeout_s=call_timeout_s or CALL_TIMEOUT_S,
+                     memory_capacity_mib=max_memory_mib)
     # httptools and uvloop when installed ("auto"): they roughly double GET throughput.
     config = uvicorn.Config(
         app,
@@ -146,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "serve":
         return _serve(args.host, args.port, data_dir, args.log_level, args.egress_resolver,
-                      args.egress_ca_file, args.allow_mount_endpoints)
+                      args.egress_ca_file, args.allow_mount_endpoints, args.call_timeout,
+                      args.max_memory_mib)
     if args.command == "api-key":
         return _api_key_create(args.org, data_dir)
     return _doctor(data_dir)

@@ -9,10 +9,10 @@ Messages never echo request values: some fields hold credentials.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pydantic_core
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -122,10 +122,18 @@ HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, An
 
 
 def parse_json(raw: bytes) -> Any:
-    """The request body as JSON, or a 400 in the API's shape."""
+    """The request body as JSON, or a 400 in the API's shape.
+
+    pydantic-core's parser, not ``json``: ``json.loads`` recurses until a RecursionError
+    (a 500) on input nested 100,000 deep, and accepts lone surrogates (``"\\ud800"``, which
+    no path, argument or environment can carry) and ``NaN``, none of which is JSON.
+    pydantic-core stops at its recursion limit (200 levels) and refuses the others.
+    """
     if not raw.strip():
         raise invalid("body", "is required")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise invalid("body", "is nested too deeply") from None
         raise invalid("body", "must be valid JSON") from None

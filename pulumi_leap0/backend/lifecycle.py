@@ -16,6 +16,11 @@ Rules, and why:
   first, as the service does.
 * Timeouts: a background task pauses (``auto_pause``) or deletes every running sandbox past
   its deadline. A resume or start gives the sandbox a fresh ``timeout`` seconds.
+* Calls are bounded in time: a file call is answered within the server's call timeout, an
+  execute within its own ``timeout`` and a grace, with 504 if the runner has not returned.
+  The thread cannot be stopped, so it runs on with a unit of its organization's share
+  borrowed (``backend.shares``) until it ends: what nobody waits for still counts against
+  whoever started it.
 * Restart: on startup the runner says which sandboxes still have processes; every other one
   is reported as ``stopped`` (its disk kept, startable again) rather than as running.
 """
@@ -25,18 +30,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
+import anyio
 from anyio import to_thread
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import runtime
 from pulumi_leap0.backend.errors import ApiError, conflict, invalid, not_found
+from pulumi_leap0.backend.shares import Lane, Shares
 from pulumi_leap0.backend.store import (
     MountConflict,
     MountRecord,
+    NoCapacity,
     QuotaExceeded,
     SandboxRecord,
     Store,
@@ -49,12 +58,23 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 REAP_INTERVAL_S = 0.25
+#: How long a file call may take before its caller is answered 504 (``serve --call-timeout``).
+CALL_TIMEOUT_S = 60.0
+#: An execute's answer is due this long after its own timeout: the runner kills the
+#: command at the timeout and may wait a few seconds for its processes to be reaped.
+EXECUTE_GRACE_S = 15.0
 
 
 class Lifecycle:
-    def __init__(self, store: Store, runner: runtime.Runner) -> None:
+    def __init__(self, store: Store, runner: runtime.Runner, *,
+                 shares: Shares | None = None, call_timeout_s: float = CALL_TIMEOUT_S,
+                 memory_capacity_mib: int | None = None) -> None:
         self.store = store
         self.runner = runner
+        #: MiB of memory all sandboxes may hold at once (``backend/capacity.py``); None: any.
+        self.memory_capacity_mib = memory_capacity_mib
+        self.shares = shares or Shares()
+        self.call_timeout_s = call_timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -65,6 +85,39 @@ class Lifecycle:
             return fn(*args, **kwargs)
 
         return await to_thread.run_sync(call)
+
+    async def _run_within(self, seconds: float, org: str, fn: Callable[P, T],
+                          *args: P.args, **kwargs: P.kwargs) -> T:
+        """``_run``, but the caller is answered (504) after ``seconds`` whatever the thread
+        does; a thread still running then borrows a unit of ``org``'s calls share until
+        it returns."""
+        loop = asyncio.get_running_loop()
+        guard = threading.Lock()
+        finished = False
+        give_back: Callable[[], None] | None = None
+
+        def call() -> T:
+            nonlocal finished
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with guard:
+                    finished = True
+                    release = give_back
+                if release is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                        loop.call_soon_threadsafe(release)
+
+        try:
+            with anyio.fail_after(seconds):
+                return await to_thread.run_sync(call, abandon_on_cancel=True)
+        except TimeoutError:
+            with guard:
+                if not finished:
+                    give_back = self.shares.borrow(org, Lane.CALLS)
+            log.warning("a call of %s did not return within %g s; its thread runs on",
+                        fn.__name__, seconds)
+            raise ApiError(504, f"the sandbox did not answer within {seconds:g} s") from None
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         lock = self._locks.get(sandbox_id)
@@ -92,13 +145,17 @@ class Lifecycle:
         except runtime.RunnerError:  # its one complaint here: a template it does not know
             raise invalid("template_name", "must name a known template") from None
         try:
-            record = self.store.insert_sandbox(org_id, request, disk=disk)
+            record = self.store.insert_sandbox(
+                org_id, request, disk=disk, memory_capacity_mib=self.memory_capacity_mib
+            )
         except QuotaExceeded as exc:
             raise conflict(
                 f"sandbox limit reached: an organization may have at most "
                 f"{spec.MAX_SANDBOXES_PER_ORG} sandboxes and this one has {exc.existing}; "
                 "delete one first"
             ) from None
+        except NoCapacity:
+            raise _no_capacity(request.memory) from None
         async with self._lock(record.id):
             try:
                 await self._run(self.runner.start, runtime.sandbox_config(record))
@@ -187,7 +244,10 @@ class Lifecycle:
             record = self._reload(sandbox_id)
             if record.state != S.STOPPED:
                 raise conflict(f"the sandbox is {record.state.value}, not stopped")
-            self.store.set_state(sandbox_id, S.STARTING)
+            try:
+                self.store.claim_start(sandbox_id, record.memory, self.memory_capacity_mib)
+            except NoCapacity:
+                raise _no_capacity(record.memory) from None
             try:
                 await self._run(self.runner.start, runtime.sandbox_config(record))
             except Exception as exc:
@@ -292,13 +352,26 @@ class Lifecycle:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run ``fn(runner, sandbox_id, ...)`` (a process or filesystem call of ``runtime``)
-        in a worker thread, on the sandbox running: a paused sandbox is resumed first."""
+        """Run ``fn(runner, sandbox_id, ...)`` (a filesystem call of ``runtime``) in a worker
+        thread, on the sandbox running, answered within the server's call timeout."""
+        return await self.call_within(self.call_timeout_s, sandbox, fn, *args, **kwargs)
+
+    async def call_within(
+        self,
+        seconds: float,
+        sandbox: SandboxRecord,
+        fn: Callable[Concatenate[runtime.Runner, str, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``call``, answered within ``seconds``: a paused sandbox is resumed first."""
         sandbox_id = sandbox.id
         await self.ensure_running(sandbox)
         try:
             with runtime.translate_errors():
-                return await self._run(fn, self.runner, sandbox_id, *args, **kwargs)
+                return await self._run_within(
+                    seconds, sandbox.org_id, fn, self.runner, sandbox_id, *args, **kwargs
+                )
         except ApiError:
             raise
         except Exception:
@@ -395,6 +468,13 @@ class Lifecycle:
                 else:
                     log.info("sandbox %s reached its timeout: deleting", sandbox_id)
                     await self._delete_locked(sandbox_id)
+
+
+def _no_capacity(memory: int) -> ApiError:
+    # Nothing about other organizations' sandboxes: how full the host is is theirs too.
+    return ApiError(503, f"no runner capacity is available: this server has no room for "
+                    f"another sandbox of {memory} MiB now; try again later or ask for less "
+                    "memory")
 
 
 def _mount_failed(exc: Exception) -> Exception:

@@ -1,4 +1,4 @@
-"""Two small ASGI middlewares: request size limits, and per-sandbox host names.
+"""Small ASGI middlewares: request size limits, per-sandbox host names, last-resort 500s.
 
 They are plain ASGI (not ``BaseHTTPMiddleware``) because they sit in front of every request,
 including the GET hot path, and plain ASGI adds next to nothing.
@@ -13,6 +13,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pulumi_leap0 import spec
+from pulumi_leap0.backend.errors import ApiError
 from pulumi_leap0.backend.models import MAX_FILE_BODY_BYTES, MAX_JSON_BODY_BYTES
 
 log = logging.getLogger("leap0.backend")
@@ -34,10 +35,13 @@ async def _reply(send: Send, status: int, message: str) -> None:
 
 
 class BodyLimit:
-    """413 for bodies over the limit, before any of it reaches a route.
+    """413 for bodies over the limit, and no byte of a body read before a route asks.
 
-    A declared ``Content-Length`` over the limit is refused at once; a chunked body is read
-    up to the limit and refused as soon as it goes over, so no route ever buffers more.
+    A declared ``Content-Length`` over the limit is refused at once. Any other body is
+    counted while the route reads it, and the read that goes over the limit raises the
+    413. Nothing here reads ahead: a route's dependencies (the caller's key, the caller's
+    sandbox, the organization's share) answer before its body is read, so a stranger
+    streaming a body gets the 401 at once instead of after the server buffered it.
     File uploads (``write-file``) have a larger limit than JSON bodies.
     """
 
@@ -65,29 +69,21 @@ class BodyLimit:
             if size > limit:
                 await _reply(send, 413, too_large)
                 return
+            # The server ends the body at the declared length: nothing to count.
             await self.app(scope, receive, send)
             return
-        # No length given: buffer (at most ``limit`` bytes) and replay.
-        chunks: list[Message] = []
-        total = 0
-        while True:
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
             message = await receive()
-            chunks.append(message)
-            if message["type"] != "http.request":
-                break
-            total += len(message.get("body", b""))
-            if total > limit:
-                await _reply(send, 413, too_large)
-                return
-            if not message.get("more_body", False):
-                break
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ApiError(413, too_large)
+            return message
 
-        async def replay() -> Message:
-            if chunks:
-                return chunks.pop(0)
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, counted, send)
 
 
 _SANDBOX_HOST = re.compile(

@@ -101,6 +101,14 @@ class QuotaExceeded(Exception):
         super().__init__(existing)
 
 
+class NoCapacity(Exception):
+    """The sandbox's memory does not fit beside that of the sandboxes holding memory."""
+
+
+#: States in which a sandbox holds no memory of the host (see ``backend/capacity.py``).
+_HOLDS_NO_MEMORY = (spec.SandboxState.STOPPED.value, spec.SandboxState.DELETED.value)
+
+
 @dataclass(frozen=True, slots=True)
 class MountRecord:
     id: str
@@ -273,8 +281,10 @@ class Store:
         *,
         disk: int,
         limit: int = spec.MAX_SANDBOXES_PER_ORG,
+        memory_capacity_mib: int | None = None,
     ) -> SandboxRecord:
-        """Insert a new sandbox in ``starting``, unless the organization is at its limit."""
+        """Insert a new sandbox in ``starting``, unless the organization is at its limit
+        (``QuotaExceeded``) or its memory does not fit in the capacity (``NoCapacity``)."""
         sandbox_id = new_sandbox_id()
         now = time.time()
         with self._transaction() as db:
@@ -284,6 +294,7 @@ class Store:
             ).fetchone()
             if existing >= limit:
                 raise QuotaExceeded(existing)
+            _claim_memory(db, request.memory, memory_capacity_mib)
             db.execute(
                 f"INSERT INTO sandboxes ({_SANDBOX_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -350,14 +361,19 @@ class Store:
         direction = "DESC" if descending else "ASC"
         # Sort columns come from a fixed map, never from the request text.
         order = f"{_SORT_COLUMNS[sort]} {direction}, id {direction}"
+        offset = (page - 1) * page_size
         with self._lock:
             (total,) = self._db.execute(
                 f"SELECT COUNT(*) FROM sandboxes WHERE {where}", args
             ).fetchone()
+            if offset >= total:
+                # Past the last sandbox, and sqlite binds no integer past 2**63 - 1: the API
+                # sets no largest page, so an empty page is the answer, not an overflow.
+                return [], int(total)
             rows = self._db.execute(
                 f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE {where} ORDER BY {order} "
                 "LIMIT ? OFFSET ?",
-                [*args, page_size, (page - 1) * page_size],
+                [*args, page_size, offset],
             ).fetchall()
         return [_sandbox(row, []) for row in rows], int(total)
 
@@ -395,6 +411,15 @@ class Store:
             args.append(deadline_ts)
         with self._transaction() as db:
             db.execute(f"UPDATE sandboxes SET {', '.join(sets)} WHERE id = ?", [*args, sandbox_id])
+
+    def claim_start(self, sandbox_id: str, memory: int, memory_capacity_mib: int | None) -> None:
+        """Move a stopped sandbox to ``starting`` if its memory fits (else ``NoCapacity``)."""
+        with self._transaction() as db:
+            _claim_memory(db, memory, memory_capacity_mib)
+            db.execute(
+                "UPDATE sandboxes SET state = ?, state_changed_at = ? WHERE id = ?",
+                (spec.SandboxState.STARTING.value, iso(time.time()), sandbox_id),
+            )
 
     def forget_sandbox(self, sandbox_id: str) -> None:
         """Remove every trace of a deleted sandbox, credentials included."""
@@ -443,6 +468,18 @@ class Store:
 
 class MountConflict(Exception):
     pass
+
+
+def _claim_memory(db: sqlite3.Connection, memory: int, capacity: int | None) -> None:
+    """Inside a write transaction: ``NoCapacity`` unless ``memory`` more fits."""
+    if capacity is None:
+        return
+    (held,) = db.execute(
+        "SELECT COALESCE(SUM(memory), 0) FROM sandboxes WHERE state NOT IN (?, ?)",
+        _HOLDS_NO_MEMORY,
+    ).fetchone()
+    if held + memory > capacity:
+        raise NoCapacity()
 
 
 def _sandbox(row: sqlite3.Row, mounts: Sequence[sqlite3.Row]) -> SandboxRecord:

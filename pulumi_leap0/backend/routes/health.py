@@ -1,4 +1,5 @@
-"""``/healthz``: 503 until startup recovery is done, then ok and the capability report.
+"""``/healthz``: 503 until startup recovery is done, then ok, the capability report and the
+memory this server gives sandboxes.
 
 Not an operation of the Leap0 API, so a plain ``APIRouter``: one path, as it always was.
 """
@@ -18,4 +19,8 @@ async def healthz(request: Request) -> Response:
     backend = backend_of(request)
     if not backend.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
-    return JSONResponse({"status": "ok", "capabilities": backend.capabilities})
+    # The capacity, not how much of it is used: that would tell every tenant about the others.
+    capacity = {"memory_mib": backend.lifecycle.memory_capacity_mib}
+    return JSONResponse(
+        {"status": "ok", "capabilities": backend.capabilities, "capacity": capacity}
+    )

@@ -6,7 +6,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pulumi_leap0 import spec
-from pulumi_leap0.backend.dependencies import InSandbox
+from pulumi_leap0.backend.dependencies import Changing
 from pulumi_leap0.backend.routing import Router, body_schema, json_response, no_content, parse_body
 
 router = Router(tags=["Sandbox"])
@@ -14,7 +14,7 @@ router = Router(tags=["Sandbox"])
 
 @router.post("/v1/sandbox/{sandbox_id}/mounts", status_code=201, response_model=spec.Mount,
              openapi_extra=body_schema(spec.MountRequest))
-async def add_mount(request: Request, scope: InSandbox) -> Response:
+async def add_mount(request: Request, scope: Changing) -> Response:
     body = await parse_body(request, spec.MountRequest)
     mount = await scope.lifecycle.add_mount(scope.sandbox, body)
     return json_response(mount.public(), 201)
@@ -22,13 +22,13 @@ async def add_mount(request: Request, scope: InSandbox) -> Response:
 
 @router.patch("/v1/sandbox/{sandbox_id}/mounts/{mount_id}", response_model=spec.Mount,
               openapi_extra=body_schema(spec.MountUpdateRequest))
-async def update_mount(request: Request, scope: InSandbox, mount_id: str) -> Response:
+async def update_mount(request: Request, scope: Changing, mount_id: str) -> Response:
     body = await parse_body(request, spec.MountUpdateRequest)
     mount = await scope.lifecycle.update_mount(scope.sandbox, mount_id, body)
     return json_response(mount.public())
 
 
 @router.delete("/v1/sandbox/{sandbox_id}/mounts/{mount_id}", status_code=204)
-async def delete_mount(scope: InSandbox, mount_id: str) -> Response:
+async def delete_mount(scope: Changing, mount_id: str) -> Response:
     await scope.lifecycle.delete_mount(scope.sandbox, mount_id)
     return no_content()

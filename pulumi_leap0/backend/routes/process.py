@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import runtime
 from pulumi_leap0.backend.dependencies import InSandbox
+from pulumi_leap0.backend.lifecycle import EXECUTE_GRACE_S
 from pulumi_leap0.backend.routing import Router, body_schema, json_response, parse_body
 
 router = Router(tags=["Process"])
@@ -17,4 +18,7 @@ router = Router(tags=["Process"])
              openapi_extra=body_schema(spec.ExecuteRequest))
 async def execute(request: Request, scope: InSandbox) -> Response:
     body = await parse_body(request, spec.ExecuteRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.execute, body))
+    answer_within = body.timeout + EXECUTE_GRACE_S
+    return json_response(
+        await scope.lifecycle.call_within(answer_within, scope.sandbox, runtime.execute, body)
+    )

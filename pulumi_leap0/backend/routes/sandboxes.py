@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import errors, models
-from pulumi_leap0.backend.dependencies import Caller, InSandbox
+from pulumi_leap0.backend.dependencies import Caller, Changing, Creating, Reading
 from pulumi_leap0.backend.routing import (
     Router,
     body_schema,
@@ -23,19 +23,19 @@ router = Router(tags=["Sandbox"])
 
 @router.post("/v1/sandbox/", status_code=201, response_model=spec.Sandbox,
              openapi_extra=body_schema(spec.SandboxCreateRequest))
-async def create_sandbox(request: Request, caller: Caller) -> Response:
+async def create_sandbox(request: Request, caller: Creating) -> Response:
     body = await parse_body(request, spec.SandboxCreateRequest)
     record = await caller.lifecycle.create(caller.org, body)
     return json_response(record.public(), 201)
 
 
 @router.get("/v1/sandbox/{sandbox_id}/", response_model=spec.Sandbox)
-async def get_sandbox(scope: InSandbox) -> Response:
+async def get_sandbox(scope: Reading) -> Response:
     return json_response(scope.sandbox.public())
 
 
 @router.delete("/v1/sandbox/{sandbox_id}/", status_code=204)
-async def delete_sandbox(scope: InSandbox) -> Response:
+async def delete_sandbox(scope: Changing) -> Response:
     await scope.lifecycle.delete(scope.sandbox)
     return no_content()
 
@@ -62,15 +62,15 @@ async def list_sandboxes(request: Request, caller: Caller) -> Response:
 
 
 @router.post("/v1/sandbox/{sandbox_id}/pause", status_code=201, response_model=spec.Sandbox)
-async def pause_sandbox(scope: InSandbox) -> Response:
+async def pause_sandbox(scope: Changing) -> Response:
     return json_response((await scope.lifecycle.pause(scope.sandbox)).public(), 201)
 
 
 @router.post("/v1/sandbox/{sandbox_id}/stop", response_model=spec.Sandbox)
-async def stop_sandbox(scope: InSandbox) -> Response:
+async def stop_sandbox(scope: Changing) -> Response:
     return json_response((await scope.lifecycle.stop(scope.sandbox)).public())
 
 
 @router.post("/v1/sandbox/{sandbox_id}/start", response_model=spec.Sandbox)
-async def start_sandbox(scope: InSandbox) -> Response:
+async def start_sandbox(scope: Changing) -> Response:
     return json_response((await scope.lifecycle.start(scope.sandbox)).public())
