@@ -1,11 +1,15 @@
-"""Files in a sandbox (the document's ``Filesystem`` tag), as the sandbox's user sees them."""
+"""Files in a sandbox (the document's ``Filesystem`` tag), as the sandbox's user sees them.
+
+Contents stream: ``write-file`` hands the request body to the sandbox as it arrives, and
+``read-file`` answers a large file chunk by chunk, so the backend never holds a whole file.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import errors, models, runtime
@@ -13,6 +17,7 @@ from pulumi_leap0.backend.dependencies import InSandbox
 from pulumi_leap0.backend.routing import Router, body_schema, json_response, no_content, parse_body
 
 router = Router(tags=["Filesystem"], prefix="/v1/sandbox/{sandbox_id}/filesystem")
+OCTETS = "application/octet-stream"
 
 
 @router.post("/ls", response_model=models.LsResponse, openapi_extra=body_schema(models.LsRequest))
@@ -43,8 +48,7 @@ async def fs_write_file(
     permissions: Annotated[str | None, Query()] = None,
 ) -> Response:
     query = spec.validate(models.WriteFileQuery, {"path": path, "permissions": permissions})
-    content = await request.body()
-    await scope.lifecycle.call(scope.sandbox, runtime.write_file, query, content)
+    await scope.lifecycle.call(scope.sandbox, runtime.write_file, query, request.stream())
     return no_content()
 
 
@@ -53,8 +57,10 @@ async def fs_read_file(request: Request, scope: InSandbox) -> Response:
     body = await parse_body(request, models.ReadFileRequest)
     if body.head is not None and body.tail is not None:
         raise errors.invalid("head", "head and tail are mutually exclusive")
-    data = await scope.lifecycle.call(scope.sandbox, runtime.read_file, body)
-    return Response(data, media_type="application/octet-stream")
+    reader = await scope.lifecycle.call(scope.sandbox, runtime.read_file, body)
+    if reader.complete:
+        return Response(b"".join(reader.buffered), media_type=OCTETS)
+    return StreamingResponse(runtime.file_content(reader), media_type=OCTETS)
 
 
 @router.post("/delete", status_code=204, openapi_extra=body_schema(models.DeleteRequest))
