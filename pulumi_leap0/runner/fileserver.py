@@ -26,6 +26,7 @@ interpreter, so a template without Python (container images) is served all the s
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -112,10 +113,14 @@ def _serve(control: socket.socket, root: int, names: files.Names) -> None:
     poller.register(control.fileno(), 0)  # only hang-up: the workers read the messages
     poller.register(status_r, select.POLLIN)
 
-    def fill() -> None:
+    def fill() -> bool:
+        """Fork the workers missing; False when the sandbox's process limit stopped it."""
         while (sum(not w.busy for w in workers.values()) < MIN_IDLE
                and len(workers) < MAX_WORKERS):
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except BlockingIOError:  # EAGAIN: the sandbox's pids limit; calls wait
+                return False
             if pid == 0:
                 code = 1
                 try:
@@ -127,12 +132,20 @@ def _serve(control: socket.socket, root: int, names: files.Names) -> None:
             worker = _Worker(pid, os.pidfd_open(pid))
             workers[pid] = worker
             poller.register(worker.pidfd, select.POLLIN)
+        return True
 
-    fill()
+    filled = fill()
     while True:
-        for fd, _ in poller.poll():
+        # No worker to take a call and none to be forked (the sandbox is at its process
+        # limit): turn calls away here at once rather than let them wait for their deadline.
+        starved = not filled and all(w.busy for w in workers.values())
+        poller.modify(control.fileno(), select.POLLIN if starved else 0)
+        for fd, events in poller.poll(None if filled else 1000):  # short of workers: retry
             if fd == control.fileno():
-                return  # the runner is gone; busy workers finish their call and end
+                if events & (select.POLLHUP | select.POLLERR):
+                    return  # the runner is gone; busy workers finish their call and end
+                _turn_away(control)
+                continue
             if fd == status_r:
                 for kind, pid in _STATUS.iter_unpack(os.read(status_r, 64 * _STATUS.size)):
                     if pid in workers:
@@ -143,7 +156,17 @@ def _serve(control: socket.socket, root: int, names: files.Names) -> None:
             os.close(fd)
             os.waitpid(ended.pid, 0)
             del workers[ended.pid]
-        fill()
+        filled = fill()
+
+
+def _turn_away(control: socket.socket) -> None:
+    try:
+        _, fds, _, _ = socket.recv_fds(control, 4096, 1, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return  # a worker freed up and took it
+    for fd in fds:
+        with socket.socket(fileno=fd) as sock:
+            _refuse(sock, BlockingIOError(errno.EAGAIN, "no process left for the call"))
 
 
 @dataclass

@@ -295,3 +295,19 @@ def test_openat2_takes_any_file_name() -> None:
     os.close(fd)
     with pytest.raises(FileNotFoundError):
         sysutil.openat2(-100, "/nonexistent-\udcff", os.O_RDONLY)
+
+
+def test_a_sandbox_at_its_process_limit_is_answered_at_once(
+    limited_runner: Runner, sandboxes: Sandboxes
+) -> None:
+    runner = limited_runner
+    a = sandboxes.start()
+    # A loop that takes every process slot that comes free, the exec's own included.
+    runner.exec(a, "nohup sh -c 'while :; do sleep 300 & done' >/dev/null 2>&1 &", timeout=20)
+    deadline = time.monotonic() + 10
+    while runner.stats(a).pids < 512 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(BlockingIOError):
+        runner.stat(a, "/")
+    assert time.monotonic() - started < 5.0
