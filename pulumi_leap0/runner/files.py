@@ -20,6 +20,7 @@ with the host side (``exec.py``, ``filecalls.py``).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import posixpath
@@ -207,49 +208,82 @@ def list_dir(root: int, names: Names, path: str, *, recursive: bool, exclude: Se
     excluded = _matcher(exclude)
     items: list[dict[str, Any]] = []
     # Entries looked at, listed or not, bound the work as ``max_entries`` bounds the answer.
-    budget = [4 * max_entries]
-    fd = _open(root, path, os.O_RDONLY | os.O_DIRECTORY)
-    stack: list[tuple[int, str, str, Iterator[str]]] = []
-    try:
-        stack.append((fd, path, "", iter(_entry_names(fd, budget))))
-        while stack:
-            dfd, dpath, drel, pending = stack[-1]
-            name = next(pending, None)
-            if name is None:
-                stack.pop()
-                os.close(dfd)
-                continue
-            rel = f"{drel}/{name}" if drel else name
+    tree = _Tree(_open(root, path, os.O_RDONLY | os.O_DIRECTORY), -1, path,
+                 max_depth=max_depth, budget=4 * max_entries,
+                 too_deep=f"is deeper than {max_depth} levels: list a shallower tree")
+    with contextlib.closing(tree):
+        for level, name in tree.entries():
+            rel = f"{level.rel}/{name}" if level.rel else name
             if excluded(name, rel):
                 continue
             if len(items) >= max_entries:
                 raise Refused("path", f"has more than {max_entries} entries: list a smaller "
                               "tree, or exclude some")
-            child = posixpath.join(dpath, name)
+            child = posixpath.join(level.name, name)
             try:
-                info, st = _stat_at(names, dfd, name, child)
+                info, st = _stat_at(names, level.fd, name, child)
             except FileNotFoundError:
                 continue  # removed while listing
             items.append(info)
-            if not (recursive and stat_mod.S_ISDIR(st.st_mode)):
-                continue
-            if len(stack) >= max_depth:
-                raise Refused("path", f"is deeper than {max_depth} levels: list a shallower "
-                              "tree")
-            try:
-                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=dfd)
-            except (PermissionError, FileNotFoundError, NotADirectoryError):
-                continue
-            try:
-                stack.append((sub, child, rel, iter(_entry_names(sub, budget))))
-            except BaseException:
-                os.close(sub)
-                raise
-    finally:
-        for dfd, *_ in stack:
-            os.close(dfd)
+            if recursive and stat_mod.S_ISDIR(st.st_mode):
+                with contextlib.suppress(PermissionError, FileNotFoundError, NotADirectoryError):
+                    tree.enter(level, name, child, rel)
     return items
+
+
+@dataclass
+class _Level:
+    fd: int
+    parent: int  # the fd of the level above; the caller's for the top
+    name: str  # the level's path (list_dir) or its name in ``parent`` (delete)
+    rel: str
+    pending: Iterator[str]
+
+
+class _Tree:
+    """A depth-first walk by directory fds: one fd open per level and no recursion, since a
+    sandbox can make a tree deeper than the interpreter's recursion limit; at most
+    ``max_depth`` levels and ``budget`` entries looked at. ``on_leave`` runs for each
+    level once all of it was walked (a recursive delete removes it then)."""
+
+    def __init__(self, fd: int, parent: int, name: str, *, max_depth: int, budget: int,
+                 too_deep: str, on_leave: Callable[[_Level], None] | None = None) -> None:
+        self._budget = [budget]
+        self._max_depth, self._too_deep, self._on_leave = max_depth, too_deep, on_leave
+        self._stack: list[_Level] = []
+        self._push(fd, parent, name, "")
+
+    def entries(self) -> Iterator[tuple[_Level, str]]:
+        while self._stack:
+            level = self._stack[-1]
+            name = next(level.pending, None)
+            if name is None:
+                self._stack.pop()
+                os.close(level.fd)
+                if self._on_leave is not None:
+                    self._on_leave(level)
+                continue
+            yield level, name
+
+    def enter(self, level: _Level, name: str, label: str, rel: str) -> None:
+        """Walk ``name``, a directory of ``level``, next (``label`` becomes its name)."""
+        if len(self._stack) >= self._max_depth:
+            raise Refused("path", self._too_deep)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=level.fd)
+        self._push(fd, level.fd, label, rel)
+
+    def _push(self, fd: int, parent: int, name: str, rel: str) -> None:
+        try:
+            pending = iter(_entry_names(fd, self._budget))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._stack.append(_Level(fd, parent, name, rel, pending))
+
+    def close(self) -> None:
+        while self._stack:
+            os.close(self._stack.pop().fd)
 
 
 def _entry_names(fd: int, budget: list[int]) -> list[str]:
@@ -330,39 +364,18 @@ def delete(root: int, path: str, *, recursive: bool, max_depth: int) -> None:
 
 
 def _remove_tree(parent: int, name: str, max_depth: int) -> None:
-    """``rm -r`` by directory fds, iteratively: ``shutil.rmtree`` recurses in Python and a
-    sandbox can make a tree deeper than the interpreter's recursion limit."""
+    """``rm -r`` by directory fds: ``shutil.rmtree`` recurses in Python."""
     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                  dir_fd=parent)
-    stack: list[tuple[int, str, int, Iterator[str]]] = []
-    budget = [1 << 62]  # time bounds this walk; names are read one directory at a time
-    try:
-        stack.append((parent, name, fd, iter(_entry_names(fd, budget))))
-        while stack:
-            pfd, dname, dfd, pending = stack[-1]
-            child = next(pending, None)
-            if child is None:
-                stack.pop()
-                os.close(dfd)
-                os.rmdir(dname, dir_fd=pfd)
-                continue
-            st = os.stat(child, dir_fd=dfd, follow_symlinks=False)
-            if not stat_mod.S_ISDIR(st.st_mode):
-                os.unlink(child, dir_fd=dfd)
-                continue
-            if len(stack) >= max_depth:
-                raise Refused("path", f"is deeper than {max_depth} levels: delete it from "
-                              "inside the sandbox")
-            sub = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=dfd)
-            try:
-                stack.append((dfd, child, sub, iter(_entry_names(sub, budget))))
-            except BaseException:
-                os.close(sub)
-                raise
-    finally:
-        for _, _, dfd, _ in stack:
-            os.close(dfd)
+    tree = _Tree(fd, parent, name, max_depth=max_depth, budget=1 << 62,  # time bounds it
+                 too_deep=f"is deeper than {max_depth} levels: delete it from inside the "
+                 "sandbox", on_leave=lambda level: os.rmdir(level.name, dir_fd=level.parent))
+    with contextlib.closing(tree):
+        for level, child in tree.entries():
+            if stat_mod.S_ISDIR(os.stat(child, dir_fd=level.fd, follow_symlinks=False).st_mode):
+                tree.enter(level, child, child, "")
+            else:
+                os.unlink(child, dir_fd=level.fd)
 
 
 # --- Contents -------------------------------------------------------------------------------
