@@ -277,12 +277,20 @@ def _read(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any])
         chunks = files.read_window(fd, st.st_size, offset=int(r["offset"]), limit=r["limit"],
                                    head=r["head"], tail=r["tail"],
                                    max_bytes=int(r["max_bytes"]))
-        first = next(chunks, None)  # refusals (too large) come before the answer starts
-        _answer(sock, {"size": st.st_size})
+        # Refusals (too large) come before the answer starts; a file of one chunk goes out
+        # with it in one send, so a small read is one wake-up of the runner, not three.
+        first = next(chunks, None)
+        second = None if first is None else next(chunks, None)
+        opening = frames.encode_json(frames.RESULT, {"ok": {"size": st.st_size}})
         if first is not None:
-            frames.send(sock, frames.DATA, first)
-            for chunk in chunks:
-                frames.send(sock, frames.DATA, chunk)
+            opening += frames.encode(frames.DATA, first)
+        if second is None:
+            sock.sendall(opening + frames.encode(frames.END))
+            return
+        sock.sendall(opening)
+        frames.send(sock, frames.DATA, second)
+        for chunk in chunks:
+            frames.send(sock, frames.DATA, chunk)
         frames.send(sock, frames.END)
     finally:
         os.close(fd)

@@ -29,17 +29,24 @@ class ConnectionEnded(EOFError):
     """The other side closed the call (between frames or inside one)."""
 
 
+def encode(kind: bytes, payload: bytes | memoryview = b"") -> bytes:
+    return _HEADER.pack(kind, len(payload)) + bytes(payload)
+
+
+def encode_json(kind: bytes, value: Any) -> bytes:
+    return encode(kind, json.dumps(value, separators=(",", ":")).encode())
+
+
 def send(sock: socket.socket, kind: bytes, payload: bytes | memoryview = b"") -> None:
-    header = _HEADER.pack(kind, len(payload))
     if len(payload) < _COALESCE:
-        sock.sendall(header + bytes(payload))
+        sock.sendall(encode(kind, payload))
     else:
-        sock.sendall(header)
+        sock.sendall(_HEADER.pack(kind, len(payload)))
         sock.sendall(payload)
 
 
 def send_json(sock: socket.socket, kind: bytes, value: Any) -> None:
-    send(sock, kind, json.dumps(value, separators=(",", ":")).encode())
+    sock.sendall(encode_json(kind, value))
 
 
 def recv(sock: socket.socket) -> tuple[bytes, bytes]:
