@@ -200,14 +200,21 @@ def mkdir(runner: Runner, sandbox_id: str, body: models.MkdirRequest) -> None:
     )
 
 
+#: A write-file body of at most this many bytes is read whole before the call (one round
+#: trip to the sandbox instead of two); a larger one streams.
+WHOLE_BODY_BYTES = 64 * 1024
+
+
 def write_file(
-    runner: Runner, sandbox_id: str, query: models.WriteFileQuery, body: AsyncIterator[bytes]
+    runner: Runner, sandbox_id: str, query: models.WriteFileQuery,
+    body: bytes | AsyncIterator[bytes],
 ) -> None:
-    """The request body into the file as it arrives (run in a worker thread): the backend
-    holds one chunk at a time, and the sandbox's own helper writes it, so the page cache
-    and tmpfs pages are the sandbox's."""
+    """The request body into the file (run in a worker thread), chunk by chunk as it
+    arrives unless it is small: the backend holds one chunk at a time, and the sandbox's
+    own helper writes it, so the page cache and tmpfs pages are the sandbox's."""
     mode = int(query.permissions, 8) if query.permissions else None
-    runner.write_file(sandbox_id, query.path, _pulled(body), mode=mode)
+    content = body if isinstance(body, bytes) else _pulled(body)
+    runner.write_file(sandbox_id, query.path, content, mode=mode)
 
 
 def _pulled(body: AsyncIterator[bytes]) -> Iterator[bytes]:

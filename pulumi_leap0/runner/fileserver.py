@@ -298,7 +298,16 @@ def _read(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any])
 
 def _write(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
     mode = r["mode"]
-    fd = files.open_for_write(root, r["path"], None if mode is None else int(mode))
+    try:
+        fd = files.open_for_write(root, r["path"], None if mode is None else int(mode))
+    except Exception as exc:
+        # Answer, then take what the runner already sent (a small write comes with its
+        # request): a socket closed on unread data resets, and the answer could be lost.
+        frames.send_json(sock, frames.RESULT, {"error": _error(exc)})
+        with contextlib.suppress(frames.ConnectionEnded, OSError, ValueError):
+            while frames.recv(sock)[0] != frames.END:
+                pass
+        return
     failed: BaseException | None = None
     try:
         _answer(sock, None)

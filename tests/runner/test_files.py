@@ -49,8 +49,9 @@ def test_files_written_inside_are_readable(runner: Runner, sandboxes: Sandboxes)
 
 def test_read_only_paths_stay_read_only(runner: Runner, sandboxes: Sandboxes) -> None:
     a = sandboxes.start()
-    with pytest.raises(OSError):
-        runner.write_file(a, "/etc/evil", b"x")
+    for content in (b"x", b"x" * (1 << 20), iter([b"x"] * 3)):  # with the request, or after
+        with pytest.raises(OSError):
+            runner.write_file(a, "/etc/evil", content)
     with pytest.raises(OSError):
         runner.delete(a, "/usr/bin/env")
     assert runner.exec(a, "test -e /usr/bin/env").exit_code == 0

@@ -48,7 +48,10 @@ async def fs_write_file(
     permissions: Annotated[str | None, Query()] = None,
 ) -> Response:
     query = spec.validate(models.WriteFileQuery, {"path": path, "permissions": permissions})
-    await scope.lifecycle.call(scope.sandbox, runtime.write_file, query, request.stream())
+    length = request.headers.get("content-length", "")
+    small = length.isdigit() and int(length) <= runtime.WHOLE_BODY_BYTES
+    body = await request.body() if small else request.stream()
+    await scope.lifecycle.call(scope.sandbox, runtime.write_file, query, body)
     return no_content()
 
 
