@@ -217,18 +217,30 @@ def write_file(
     runner.write_file(sandbox_id, query.path, content, mode=mode)
 
 
+#: How much of a streamed body one hop to the event loop collects: hops cost more than
+#: copies, and uvicorn hands the body over in pieces of 64 KiB or less.
+PULL_BYTES = 1024 * 1024
+
+
 def _pulled(body: AsyncIterator[bytes]) -> Iterator[bytes]:
-    async def next_chunk() -> bytes | None:
+    async def next_piece() -> bytes | None:
+        parts: list[bytes] = []
+        size = 0
         try:
-            return await body.__anext__()
+            while size < PULL_BYTES:
+                part = await body.__anext__()
+                parts.append(part)
+                size += len(part)
         except StopAsyncIteration:
-            return None
+            if not parts:
+                return None
         except ClientDisconnect:
             raise ApiError(400, "the request body ended early") from None
+        return b"".join(parts)
 
-    while (chunk := from_thread.run(next_chunk)) is not None:
-        if chunk:
-            yield chunk
+    while (piece := from_thread.run(next_piece)) is not None:
+        if piece:
+            yield piece
 
 
 #: What a read-file fetches before it answers: a file this small is answered in one piece.
