@@ -34,7 +34,7 @@ from typing import Any
 
 import pulumi_leap0
 from pulumi_leap0 import spec
-from pulumi_leap0.runner import files, frames, sysutil
+from pulumi_leap0.runner import files, frames, seccomp, sysutil
 from pulumi_leap0.runner.cgroups import Cgroups
 from pulumi_leap0.runner.errors import (
     FileCallAborted,
@@ -414,7 +414,9 @@ def _refill() -> None:
 def _spawn() -> tuple[subprocess.Popen[bytes], socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        process = subprocess.Popen(
+        # Under the sandboxes' seccomp filter from its first instruction, like every
+        # process of a sandbox (``seccomp.popen``).
+        process = seccomp.popen(
             [sys.executable, "-I", "-c", _BOOT, _PACKAGE_ROOT], stdin=theirs.fileno(),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
             env=sysutil.HOST_ENV, start_new_session=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pulumi_leap0 import spec
-from pulumi_leap0.runner import Runner, files, sysutil
+from pulumi_leap0.runner import Runner, files, seccomp, sysutil
 from pulumi_leap0.runner.errors import FileCallError
 
 from .conftest import Sandboxes
@@ -114,6 +114,7 @@ def test_the_file_helper_is_a_sandbox_process(runner: Runner, sandboxes: Sandbox
         for field in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
             assert int(status[field], 16) == 0, (field, status[field])
         assert status["NoNewPrivs"] == "1"
+        assert status["Seccomp"] == ("2" if seccomp.AVAILABLE else "0")
         assert os.readlink(f"/proc/{pid}/ns/user") == os.readlink(f"/proc/{init}/ns/user")
 
 
