@@ -18,6 +18,8 @@ from pulumi_leap0.backend.routing import Router, body_schema, json_response, no_
 
 router = Router(tags=["Filesystem"], prefix="/v1/sandbox/{sandbox_id}/filesystem")
 OCTETS = "application/octet-stream"
+#: How long after the runner's own deadline a write-file's caller is answered regardless.
+TRANSFER_GRACE_S = 5.0
 
 
 @router.post("/ls", response_model=models.LsResponse, openapi_extra=body_schema(models.LsRequest))
@@ -51,7 +53,10 @@ async def fs_write_file(
     length = request.headers.get("content-length", "")
     small = length.isdigit() and int(length) <= runtime.WHOLE_BODY_BYTES
     body = await request.body() if small else request.stream()
-    await scope.lifecycle.call(scope.sandbox, runtime.write_file, query, body)
+    # A transfer's own bound (the runner stops it there), not the server's call timeout:
+    # the client's pace is part of it.
+    await scope.lifecycle.call_within(spec.FILE_TRANSFER_TIMEOUT_S + TRANSFER_GRACE_S,
+                                      scope.sandbox, runtime.write_file, query, body)
     return no_content()
 
 
