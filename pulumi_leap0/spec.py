@@ -117,6 +117,24 @@ GONE_STATES = frozenset({SandboxState.DELETING, SandboxState.DELETED})
 
 NetworkMode = Literal["allow-all", "deny-all", "custom"]
 
+# --- File calls ----------------------------------------------------------------------------
+
+#: Paths as Linux bounds them, in bytes: one name (NAME_MAX) and a whole path (PATH_MAX).
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4096
+#: ``filesystem/ls``: patterns in ``exclude``, characters per pattern, and entries in one
+#: answer. A walk (a recursive ``ls`` or ``delete``) descends at most ``MAX_TREE_DEPTH``.
+MAX_LS_EXCLUDE, MAX_LS_EXCLUDE_CHARS = 100, 256
+MAX_LS_ENTRIES = 50_000
+MAX_TREE_DEPTH = 256
+#: Bytes one ``read-file`` answers (read a larger file in parts, with offset and limit),
+#: and bytes one ``write-file`` body may hold.
+MAX_READ_FILE_BYTES = 256 * 1024 * 1024
+MAX_WRITE_FILE_BYTES = 32 * 1024 * 1024
+#: How long a file call may take, in seconds: one about names (stat, ls, mkdir, delete,
+#: exists), and one that moves contents (read-file, write-file).
+FILE_CALL_TIMEOUT_S = 30
+FILE_TRANSFER_TIMEOUT_S = 300
+
 # --- Field rules ---------------------------------------------------------------------------
 
 # RFC 1123 host labels; an optional leading "*." makes a wildcard for every subdomain.

@@ -15,7 +15,7 @@ from pulumi_leap0 import spec
 
 #: JSON request bodies larger than this answer 413; file contents have their own limit.
 MAX_JSON_BODY_BYTES = 1024 * 1024
-MAX_FILE_BODY_BYTES = 32 * 1024 * 1024
+MAX_FILE_BODY_BYTES = spec.MAX_WRITE_FILE_BYTES
 
 
 def _path(value: str) -> str:
@@ -23,6 +23,15 @@ def _path(value: str) -> str:
         raise PydanticCustomError("path", "must not be empty")
     if "\0" in value:
         raise PydanticCustomError("path", "must not contain NUL characters")
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:
+        raise PydanticCustomError("path", "must be valid UTF-8") from None
+    if len(encoded) > spec.MAX_PATH_BYTES:
+        raise PydanticCustomError("path", f"must be at most {spec.MAX_PATH_BYTES} bytes long")
+    if any(len(name) > spec.MAX_NAME_BYTES for name in encoded.split(b"/")):
+        raise PydanticCustomError(
+            "path", f"must not hold a name longer than {spec.MAX_NAME_BYTES} bytes")
     return value
 
 
@@ -47,10 +56,13 @@ class PathRequest(_Body):
     path: SandboxPath
 
 
+ExcludePattern = Annotated[str, Field(max_length=spec.MAX_LS_EXCLUDE_CHARS)]
+
+
 class LsRequest(_Body):
     path: SandboxPath
     recursive: bool = False
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[ExcludePattern] = Field(default_factory=list, max_length=spec.MAX_LS_EXCLUDE)
 
 
 class MkdirRequest(_Body):
@@ -59,12 +71,16 @@ class MkdirRequest(_Body):
     permissions: OctalMode = None
 
 
+#: The document's ``uint64`` offset and ``uint32`` counts; a file offset is a signed 64 bits.
+_MAX_OFFSET, _MAX_COUNT = 2**63 - 1, 2**32 - 1
+
+
 class ReadFileRequest(_Body):
     path: SandboxPath
-    offset: int | None = Field(default=None, ge=0)
-    limit: int | None = Field(default=None, ge=0)
-    head: int | None = Field(default=None, ge=0)
-    tail: int | None = Field(default=None, ge=0)
+    offset: int | None = Field(default=None, ge=0, le=_MAX_OFFSET)
+    limit: int | None = Field(default=None, ge=0, le=_MAX_COUNT)
+    head: int | None = Field(default=None, ge=0, le=_MAX_COUNT)
+    tail: int | None = Field(default=None, ge=0, le=_MAX_COUNT)
 
 
 class DeleteRequest(_Body):

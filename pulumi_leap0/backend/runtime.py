@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+import errno
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TypeAlias
+
+from anyio import from_thread, to_thread
+from starlette.requests import ClientDisconnect
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import models
@@ -21,11 +26,14 @@ from pulumi_leap0.backend.errors import ApiError, invalid
 from pulumi_leap0.backend.store import MountRecord, SandboxRecord
 from pulumi_leap0.runner.core import Runner as LinuxRunner
 from pulumi_leap0.runner.errors import (
+    FileCallAborted,
+    FileCallError,
     RunnerError,
     SandboxFrozenError,
     SandboxNotFoundError,
     SandboxNotRunningError,
 )
+from pulumi_leap0.runner.filecalls import FileReader
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig
 
@@ -98,6 +106,48 @@ def mount_config(mount: MountRecord) -> MountConfig:
 
 # --- Errors ---------------------------------------------------------------------------------
 
+# What the kernel answered the sandbox user, as the API answers it. A file call's errno is
+# about the sandbox's files, so every one is the caller's 4xx, never a 500; the sentence
+# names the input (``path``) and never repeats its value.
+_FILE_ERRNO_ANSWERS: dict[int, tuple[int, str]] = {
+    errno.ENOENT: (404, "no such file or directory"),
+    errno.EEXIST: (409, "already exists"),
+    errno.EACCES: (403, "permission denied"),
+    errno.EPERM: (403, "operation not permitted"),
+    errno.EBUSY: (409, "is busy: a mount point, or in use"),
+    errno.ETXTBSY: (409, "is a program that is running"),
+    errno.EAGAIN: (409, "cannot be served now: the sandbox is at its process limit"),
+}
+_FILE_ERRNO_RULES: dict[int, str] = {
+    errno.ENOTDIR: "is not a directory, or goes through something that is not",
+    errno.EISDIR: "is a directory",
+    errno.EROFS: "is on a read-only file system",
+    errno.ENOSPC: "does not fit: the sandbox's disk is full",
+    errno.EDQUOT: "does not fit: the sandbox's disk is full",
+    errno.ENAMETOOLONG: (f"is too long: a name has at most {spec.MAX_NAME_BYTES} bytes and "
+                         f"a path {spec.MAX_PATH_BYTES}"),
+    errno.ELOOP: ("goes through a symbolic link that is not followed here: too many in a "
+                  "row, the last one of a path being changed, or one like /proc/<pid>/root "
+                  "that leaves the sandbox's view"),
+    errno.EIO: "could not be read or written (input/output error)",
+    errno.ENXIO: "is not a regular file",
+    errno.ENODEV: "is not a regular file",
+    errno.EFBIG: "is too large",
+    errno.EOVERFLOW: "is too large",
+    errno.EINVAL: "is not valid for this call",
+}
+
+
+def _file_answer(exc: OSError) -> Exception:
+    code = exc.errno or 0
+    if code == errno.ENOTEMPTY:
+        return invalid("recursive", "must be true to delete a non-empty directory")
+    if code in _FILE_ERRNO_ANSWERS:
+        status, sentence = _FILE_ERRNO_ANSWERS[code]
+        return ApiError(status, f"path: {sentence}")
+    sentence = _FILE_ERRNO_RULES.get(code) or os.strerror(code).lower()
+    return invalid("path", sentence)
+
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
@@ -106,20 +156,12 @@ def translate_errors() -> Iterator[None]:
         yield
     except (SandboxNotRunningError, SandboxFrozenError, SandboxNotFoundError):
         raise ApiError(409, "the sandbox is not running") from None
-    except FileNotFoundError:
-        raise ApiError(404, "no such file or directory") from None
-    except FileExistsError:
-        raise ApiError(409, "the path already exists") from None
-    except IsADirectoryError:
-        raise invalid("path", "is a directory") from None
-    except NotADirectoryError:
-        raise invalid("path", "is not a directory") from None
-    except PermissionError:
-        raise ApiError(403, "permission denied") from None
+    except FileCallError as exc:
+        raise invalid(exc.field, exc.message) from None
+    except FileCallAborted as exc:
+        raise ApiError(409, str(exc)) from None
     except OSError as exc:
-        if exc.errno == 39:  # ENOTEMPTY
-            raise invalid("recursive", "must be true to delete a non-empty directory") from None
-        raise
+        raise _file_answer(exc) from None
     except ValueError as exc:
         raise invalid("path", str(exc)) from None
 
@@ -158,24 +200,78 @@ def mkdir(runner: Runner, sandbox_id: str, body: models.MkdirRequest) -> None:
     )
 
 
+#: A write-file body of at most this many bytes is read whole before the call (one round
+#: trip to the sandbox instead of two); a larger one streams.
+WHOLE_BODY_BYTES = 64 * 1024
+
+
 def write_file(
-    runner: Runner, sandbox_id: str, query: models.WriteFileQuery, content: bytes
+    runner: Runner, sandbox_id: str, query: models.WriteFileQuery,
+    body: bytes | AsyncIterator[bytes],
 ) -> None:
+    """The request body into the file (run in a worker thread), chunk by chunk as it
+    arrives unless it is small: the backend holds one chunk at a time, and the sandbox's
+    own helper writes it, so the page cache and tmpfs pages are the sandbox's."""
     mode = int(query.permissions, 8) if query.permissions else None
+    content = body if isinstance(body, bytes) else _pulled(body)
     runner.write_file(sandbox_id, query.path, content, mode=mode)
 
 
-def read_file(runner: Runner, sandbox_id: str, body: models.ReadFileRequest) -> bytes:
-    data = runner.read_file(sandbox_id, body.path)
-    if body.offset:
-        data = data[body.offset :]
-    if body.limit is not None:
-        data = data[: body.limit]
-    if body.head is not None:
-        data = b"".join(data.splitlines(keepends=True)[: body.head])
-    if body.tail is not None:
-        data = b"".join(data.splitlines(keepends=True)[-body.tail :]) if body.tail else b""
-    return data
+#: How much of a streamed body one hop to the event loop collects: hops cost more than
+#: copies, and uvicorn hands the body over in pieces of 64 KiB or less.
+PULL_BYTES = 1024 * 1024
+
+
+def _pulled(body: AsyncIterator[bytes]) -> Iterator[bytes]:
+    async def next_piece() -> bytes | None:
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size < PULL_BYTES:
+                part = await body.__anext__()
+                parts.append(part)
+                size += len(part)
+        except StopAsyncIteration:
+            if not parts:
+                return None
+        except ClientDisconnect:
+            raise ApiError(400, "the request body ended early") from None
+        return b"".join(parts)
+
+    while (piece := from_thread.run(next_piece)) is not None:
+        if piece:
+            yield piece
+
+
+#: What a read-file fetches before it answers: a file this small is answered in one piece.
+READ_AHEAD_BYTES = 256 * 1024
+
+
+def read_file(runner: Runner, sandbox_id: str, body: models.ReadFileRequest) -> FileReader:
+    """The file open and read ahead; errors about the file come from here, before the
+    answer starts. ``head``, ``tail``, ``offset`` and ``limit`` are applied in the sandbox."""
+    reader = runner.open_file(sandbox_id, body.path, offset=body.offset or 0,
+                              limit=body.limit, head=body.head, tail=body.tail)
+    try:
+        reader.prefetch(READ_AHEAD_BYTES)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+async def file_content(reader: FileReader) -> AsyncIterator[bytes]:
+    """The rest of a read, a chunk at a time, each waited for in a worker thread. An error
+    after the answer started (the file shrank, the call ran out of time) ends the stream
+    without its last chunk, so the client sees a broken transfer, not a short file."""
+    try:
+        for chunk in reader.buffered:
+            yield chunk
+        reader.buffered.clear()
+        while chunk := await to_thread.run_sync(reader.read):
+            yield chunk
+    finally:
+        reader.close()
 
 
 def delete(runner: Runner, sandbox_id: str, body: models.DeleteRequest) -> None:

@@ -15,7 +15,9 @@ each:
 - ``cgroups``: limits and the freezer (v1 and v2), or ``NoCgroups`` where there are none.
 - ``network``: namespaces and egress policy; ``egress_filter`` runs the filter process of
   custom policies, which is ``egress``.
-- ``mounts``: object-storage mounts. ``files``: path-safe file access inside a sandbox.
+- ``mounts``: object-storage mounts.
+- ``filecalls``: file calls, host side, through each sandbox's file helper (``fileserver``),
+  a process of the sandbox that does them (``files``) over framed sockets (``frames``).
 - ``templates``: root file systems and defaults. ``capabilities``: what this host can
   guarantee. ``sysutil``: system calls the standard library lacks. ``types``, ``errors``:
   what crosses to the backend.

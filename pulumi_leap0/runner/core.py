@@ -24,9 +24,10 @@ This module is the lifecycle; each step it takes lives in a module of its own.
 
 On any failure everything the call made is removed before ``RunnerError`` is raised.
 
-A running sandbox is its init: ``exec`` (``exec.py``) and the file calls (``files.py``)
-enter its namespaces; ``freeze`` and ``thaw`` are the cgroup freezer. ``stop`` kills every
-process but keeps the writable layer for the next ``start``; ``destroy`` removes every
+A running sandbox is its init: ``exec`` (``exec.py``) enters its namespaces, and the file
+calls go to its file helper (``filecalls.py``), a process of the sandbox's own; ``freeze``
+and ``thaw`` are the cgroup freezer. ``stop`` kills every process (the file helper first)
+but keeps the writable layer for the next ``start``; ``destroy`` removes every
 trace (both ``_teardown``). After a backend restart ``recover`` keeps the known sandboxes
 and destroys the orphans, and ``reconcile_mounts`` and ``reconcile_network`` start again
 the host-side helpers (rclone, the egress filter) that died meanwhile.
@@ -55,7 +56,7 @@ from pulumi_leap0 import spec
 from pulumi_leap0.runner import (
     cgroups,
     egress_filter,
-    files,
+    filecalls,
     identity,
     launch,
     layer,
@@ -129,6 +130,7 @@ class Runner:
         self._locks: dict[str, threading.Lock] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._caps: Capabilities | None = None
+        self._files = filecalls.FileHelpers(self._cgroups, self._cg)
 
     # --- Where things are -----------------------------------------------------------------
 
@@ -351,6 +353,7 @@ class Runner:
             self._locks.pop(sandbox_id, None)
 
     def _teardown(self, sandbox_id: str, *, keep_layer: bool) -> None:
+        self._files.stop(sandbox_id)
         box = self._records.get(sandbox_id)
         state_dir = self._records.state_dir(sandbox_id)
         if box is not None:
@@ -494,30 +497,33 @@ class Runner:
 
     # --- Files ----------------------------------------------------------------------------
 
-    def _view(self, sandbox_id: str) -> files.SandboxView:
-        return files.SandboxView.of(self._require(sandbox_id), dedicated=self._privileged)
-
     def list_dir(self, sandbox_id: str, path: str, *, recursive: bool = False,
                  exclude: Sequence[str] = ()) -> list[FileInfo]:
-        return files.list_dir(self._view(sandbox_id), path, recursive=recursive,
-                              exclude=exclude)
+        return self._files.list_dir(self._require(sandbox_id), path, recursive=recursive,
+                                    exclude=exclude)
 
     def stat(self, sandbox_id: str, path: str) -> FileInfo:
-        return files.stat(self._view(sandbox_id), path)
+        return self._files.stat(self._require(sandbox_id), path)
 
     def exists(self, sandbox_id: str, path: str) -> bool:
-        return files.exists(self._view(sandbox_id), path)
+        return self._files.exists(self._require(sandbox_id), path)
 
     def mkdir(self, sandbox_id: str, path: str, *, recursive: bool = False,
               mode: int = 0o755) -> None:
-        files.mkdir(self._view(sandbox_id), path, recursive=recursive, mode=mode)
+        self._files.mkdir(self._require(sandbox_id), path, recursive=recursive, mode=mode)
 
-    def write_file(self, sandbox_id: str, path: str, content: bytes, *,
+    def write_file(self, sandbox_id: str, path: str, content: bytes | Iterable[bytes], *,
                    mode: int | None = None) -> None:
-        files.write_file(self._view(sandbox_id), path, content, mode=mode)
+        self._files.write_file(self._require(sandbox_id), path, content, mode=mode)
+
+    def open_file(self, sandbox_id: str, path: str, *, offset: int = 0,
+                  limit: int | None = None, head: int | None = None,
+                  tail: int | None = None) -> filecalls.FileReader:
+        return self._files.open_file(self._require(sandbox_id), path, offset=offset,
+                                     limit=limit, head=head, tail=tail)
 
     def read_file(self, sandbox_id: str, path: str) -> bytes:
-        return files.read_file(self._view(sandbox_id), path)
+        return b"".join(self.open_file(sandbox_id, path))
 
     def delete(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
-        files.delete(self._view(sandbox_id), path, recursive=recursive)
+        self._files.delete(self._require(sandbox_id), path, recursive=recursive)

@@ -1,8 +1,9 @@
 """Errors the runner raises.
 
-Filesystem helpers raise the ordinary ``OSError`` subclasses (``FileNotFoundError``,
-``PermissionError``...) so callers can map them the way they map any file error; everything
-else the runner refuses or fails at is a ``RunnerError``.
+File calls raise the ordinary ``OSError`` subclasses (``FileNotFoundError``,
+``PermissionError``...) for what the kernel answered the sandbox user, so callers can map
+them the way they map any file error, and ``FileCallError`` for a rule or bound of the call
+itself; everything else the runner refuses or fails at is a ``RunnerError``.
 """
 
 from __future__ import annotations
@@ -22,3 +23,17 @@ class SandboxNotRunningError(RunnerError):
 
 class SandboxFrozenError(RunnerError):
     """The sandbox is paused: thaw it before running commands in it."""
+
+
+class FileCallError(RunnerError):
+    """A file call refused by a rule or a bound of its work; ``field`` names the input."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class FileCallAborted(RunnerError):
+    """A file call's process ended before it answered: the sandbox stopped, or it was out of
+    memory or processes for it."""

@@ -209,15 +209,6 @@ def reown(tree: Path, old: HostIdentity, new: HostIdentity) -> None:
                 os.chown(path, uid, gid, follow_symlinks=False)
 
 
-def owner_names(user: str, uid: int, gid: int, *, dedicated: bool) -> dict[int, str]:
-    """Host ids to the names the sandbox knows them by, for file listings. The runner's own
-    group (unprivileged) is not the sandbox user's to name."""
-    names = {uid: user, 0: "root"}
-    if dedicated:
-        names[gid] = user
-    return names
-
-
 def write_etc(runtime_dir: Path, sandbox_id: str, template: Template) -> Path:
     etc = runtime_dir / "etc"
     etc.mkdir(mode=0o755, exist_ok=True)

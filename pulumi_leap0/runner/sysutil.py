@@ -6,13 +6,10 @@ several of them and every spawned helper costs milliseconds of start latency.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
-import platform
-from collections.abc import Iterator
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -20,8 +17,9 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
                         ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
-_libc.setfsuid.argtypes = [ctypes.c_uint]
-_libc.setfsgid.argtypes = [ctypes.c_uint]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
 
 #: The environment of the host-side programs the runner starts: nothing of the backend's
 #: (no proxies, no locale in output it parses), and the host's system directories as PATH.
@@ -39,11 +37,16 @@ O_PATH = getattr(os, "O_PATH", 0o10000000)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 
+CLONE_NEWUSER = 0x10000000
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
 # openat2 has the same number on every architecture (it came after the syscall table
-# unification); setgroups does not, and glibc's setgroups() changes every thread's groups,
-# which is exactly what must not happen here, so it is called raw.
+# unification), and glibc has no wrapper for it.
 _SYS_OPENAT2 = 437
-_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159}.get(platform.machine())
 
 
 class _OpenHow(ctypes.Structure):
@@ -91,7 +94,7 @@ def is_mountpoint(path: Path) -> bool:
 
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    ret = _libc.syscall(_SYS_OPENAT2, dirfd, path.encode(), ctypes.byref(how),
+    ret = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
                         ctypes.sizeof(how))
     return _check(int(ret), "openat2", path)
 
@@ -105,31 +108,33 @@ def openat2_supported() -> bool:
     return True
 
 
-@contextlib.contextmanager
-def thread_fs_identity(uid: int, gid: int) -> Iterator[None]:
-    """File access from this thread only, as ``uid``/``gid`` with no supplementary groups.
+def setns(fd: int, nstype: int) -> None:
+    """Join the namespace ``fd`` refers to (``os.setns`` arrived only in Python 3.12)."""
+    _check(int(_libc.setns(fd, nstype)), "setns")
 
-    The kernel keeps fsuid, fsgid and groups per thread; changing fsuid from 0 also drops the
-    DAC-override capabilities of this thread. So a backend worker thread checks permissions
-    the way the sandbox user would, and files it creates belong to that user, while every
-    other thread keeps root. A no-op when not running as root.
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32))
+
+
+def drop_capabilities() -> None:
+    """Leave this process no capability at all, in any user namespace, and no way back.
+
+    Needed after ``setresuid`` inside a user namespace that does not map uid 0: the kernel
+    clears capabilities on a uid change only when the old uid was that namespace's root, so
+    a process that joined the namespace keeps the full set ``setns`` gave it.
     """
-    if os.geteuid() != 0 or (uid == 0 and gid == 0):
-        yield
-        return
-    old_groups = os.getgroups()
-    if _SYS_SETGROUPS is not None:
-        _check(int(_libc.syscall(_SYS_SETGROUPS, 0, None)), "setgroups")
-    _libc.setfsgid(gid)
-    _libc.setfsuid(uid)
-    try:
-        yield
-    finally:
-        _libc.setfsuid(0)
-        _libc.setfsgid(0)
-        if _SYS_SETGROUPS is not None:
-            arr = (ctypes.c_uint * max(1, len(old_groups)))(*old_groups)
-            _check(int(_libc.syscall(_SYS_SETGROUPS, len(old_groups), arr)), "setgroups")
+    data = (_CapData * 2)()  # all zero: both 32-bit halves of the three sets
+    _check(int(_libc.capset(ctypes.byref(_CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)), data)),
+           "capset")
+    _check(int(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)), "prctl")
+    _check(int(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)), "prctl")
+    _check(int(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)), "prctl")
 
 
 def process_start_time(pid: int) -> int | None:

@@ -1,11 +1,15 @@
-"""Files in a sandbox (the document's ``Filesystem`` tag), as the sandbox's user sees them."""
+"""Files in a sandbox (the document's ``Filesystem`` tag), as the sandbox's user sees them.
+
+Contents stream: ``write-file`` hands the request body to the sandbox as it arrives, and
+``read-file`` answers a large file chunk by chunk, so the backend never holds a whole file.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import errors, models, runtime
@@ -13,6 +17,9 @@ from pulumi_leap0.backend.dependencies import InSandbox
 from pulumi_leap0.backend.routing import Router, body_schema, json_response, no_content, parse_body
 
 router = Router(tags=["Filesystem"], prefix="/v1/sandbox/{sandbox_id}/filesystem")
+OCTETS = "application/octet-stream"
+#: How long after the runner's own deadline a write-file's caller is answered regardless.
+TRANSFER_GRACE_S = 5.0
 
 
 @router.post("/ls", response_model=models.LsResponse, openapi_extra=body_schema(models.LsRequest))
@@ -43,8 +50,13 @@ async def fs_write_file(
     permissions: Annotated[str | None, Query()] = None,
 ) -> Response:
     query = spec.validate(models.WriteFileQuery, {"path": path, "permissions": permissions})
-    content = await request.body()
-    await scope.lifecycle.call(scope.sandbox, runtime.write_file, query, content)
+    length = request.headers.get("content-length", "")
+    small = length.isdigit() and int(length) <= runtime.WHOLE_BODY_BYTES
+    body = await request.body() if small else request.stream()
+    # A transfer's own bound (the runner stops it there), not the server's call timeout:
+    # the client's pace is part of it.
+    await scope.lifecycle.call_within(spec.FILE_TRANSFER_TIMEOUT_S + TRANSFER_GRACE_S,
+                                      scope.sandbox, runtime.write_file, query, body)
     return no_content()
 
 
@@ -53,8 +65,10 @@ async def fs_read_file(request: Request, scope: InSandbox) -> Response:
     body = await parse_body(request, models.ReadFileRequest)
     if body.head is not None and body.tail is not None:
         raise errors.invalid("head", "head and tail are mutually exclusive")
-    data = await scope.lifecycle.call(scope.sandbox, runtime.read_file, body)
-    return Response(data, media_type="application/octet-stream")
+    reader = await scope.lifecycle.call(scope.sandbox, runtime.read_file, body)
+    if reader.complete:
+        return Response(b"".join(reader.buffered), media_type=OCTETS)
+    return StreamingResponse(runtime.file_content(reader), media_type=OCTETS)
 
 
 @router.post("/delete", status_code=204, openapi_extra=body_schema(models.DeleteRequest))
