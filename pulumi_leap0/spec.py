@@ -54,8 +54,6 @@ MAX_ENV_VALUE_BYTES = 64 * 1024
 #: For ``env_vars`` and for a call's ``envs``, each.
 MAX_ENV_VARS = 1000
 MAX_ENV_BYTES = 512 * 1024
-#: Linux's PATH_MAX, the terminating NUL included: the longest ``cwd`` is one byte less.
-PATH_MAX_BYTES = 4096
 #: One organization's share of the backend's workers: calls into its sandboxes (execute,
 #: the file calls) and changes to them (create, pause, stop, start, delete, mounts) that
 #: run at once. A call over its share waits for one to end (boundedly), then answers 429.
@@ -227,8 +225,9 @@ def _command(value: str) -> str:
 
 
 def _cwd(value: str) -> str:
-    if _size(value) >= PATH_MAX_BYTES:
-        raise _fail("cwd", f"must be shorter than {PATH_MAX_BYTES} bytes")
+    # MAX_PATH_BYTES counts the terminating NUL, as Linux's PATH_MAX does.
+    if _size(value) >= MAX_PATH_BYTES:
+        raise _fail("cwd", f"must be shorter than {MAX_PATH_BYTES} bytes")
     return _no_nul(value)
 
 

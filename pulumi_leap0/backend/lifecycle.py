@@ -59,7 +59,9 @@ T = TypeVar("T")
 
 REAP_INTERVAL_S = 0.25
 #: How long a file call may take before its caller is answered 504 (``serve --call-timeout``).
-CALL_TIMEOUT_S = 60.0
+#: The runner ends a call at its own deadline (``spec.FILE_CALL_TIMEOUT_S``); this is the
+#: backstop for a runner that does not, so it leaves the runner that deadline and a margin.
+CALL_TIMEOUT_S = spec.FILE_CALL_TIMEOUT_S + 30.0
 #: An execute's answer is due this long after its own timeout: the runner kills the
 #: command at the timeout and may wait a few seconds for its processes to be reaped.
 EXECUTE_GRACE_S = 15.0
