@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pulumi_leap0.runner import launch
-from pulumi_leap0.runner.exec import exec_argv
+from pulumi_leap0.runner.exec import exec_argv, exec_script
 from pulumi_leap0.runner.identity import HostIdentity, write_etc
 from pulumi_leap0.runner.layer import PARTS
 from pulumi_leap0.runner.network import NetworkHandle
@@ -149,12 +149,22 @@ def test_bwrap_options_bind_the_network_files_only_where_they_can_land(tmp_path:
 
 def test_exec_joins_its_own_cgroup_then_enters_the_sandbox_as_its_user() -> None:
     argv = exec_argv(cgroup_procs=[Path("/cg/x/x-1/cgroup.procs")], init_pid=4242, uid=1000,
-                     workdir="/home/user/src", env={"A": "1", "B": "two words"},
-                     command="make test")
+                     workdir="/home/user/src")
     assert argv == [
         "/bin/sh", "-c", launch.JOIN, "leap0-join", "/cg/x/x-1/cgroup.procs", "--",
         "nsenter", "--target=4242", "--user", "--mount", "--uts", "--ipc", "--net", "--pid",
         "--cgroup", "--root", "--wd", "--setuid=1000", "--setgid=1000", "--",
-        "/usr/bin/env", "-i", "--chdir=/home/user/src", "--", "A=1", "B=two words",
-        "/bin/sh", "-c", "make test",
+        "/usr/bin/env", "-i", "--chdir=/home/user/src", "--", "/bin/sh", "-s",
     ]
+
+
+def test_the_exec_script_sets_exactly_the_environment_then_runs_the_command() -> None:
+    """Run by a real shell: values arrive as they are, none expanded, stdin is emptied."""
+    env = {"A": "1", "B": "two words", "Q": "it's $HOME `id` \"x\"\nline"}
+    script = exec_script(env, 'printf "%s|" "$A" "$B" "$Q"; cat; env -0')
+    done = subprocess.run(["/usr/bin/env", "-i", "/bin/sh", "-s"], input=script,
+                          capture_output=True, timeout=10, check=True)
+    shown, _, environ = done.stdout.decode().rpartition("|")
+    assert shown == "1|two words|it's $HOME `id` \"x\"\nline"
+    names = {item.split("=")[0] for item in environ.split("\0") if item}
+    assert names - {"PWD"} == set(env), names
