@@ -139,7 +139,10 @@ def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: 
             a += ["--symlink", os.readlink(src), f"/{entry}"]
         elif src.is_dir():
             a += ["--ro-bind-fd", fd(src), f"/{entry}"]
-    a += ["--proc", "/proc", "--dev", "/dev",
+    # /dev read-only before the layer's shm goes on it: bubblewrap's /dev is a tmpfs of its
+    # own, which the sandbox could otherwise fill past its disk limit. The device nodes on
+    # it stay usable: a read-only mount refuses writes to files, not to devices.
+    a += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
           "--bind-fd", fd(layer / "shm"), "/dev/shm",
           "--bind-fd", fd(layer / "tmp"), "/tmp",
           "--dir", "/var", "--bind-fd", fd(layer / "vartmp"), "/var/tmp",
