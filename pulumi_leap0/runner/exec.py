@@ -12,8 +12,8 @@ host.
 The environment does not go on any command line: every host user reads every process's
 argv (``/proc/PID/cmdline``), and the chain's first two links run on the host. That shell
 reads it from its stdin, a pipe only this process holds, as ``export NAME='value'``
-lines (``exec_script``), then points stdin at ``/dev/null`` and becomes
-``/bin/sh -c COMMAND``. Not the chain's own environment instead: its first links are host
+lines (``exec_script``), then becomes ``/bin/sh -c COMMAND`` with stdin on
+``/dev/null``. Not the chain's own environment instead: its first links are host
 programs run as root, and a tenant's ``LD_PRELOAD`` or ``GLIBC_TUNABLES`` would reach them.
 A process's environment (``/proc/PID/environ``) is readable only by its own uid and root.
 
@@ -70,7 +70,9 @@ def exec_script(env: Mapping[str, str], command: str) -> bytes:
     single-quoted, so nothing in them is expanded. The command's own shell gets exactly
     the exported variables, as ``env -i NAME=value sh -c`` gave it."""
     lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
-    lines += ["exec </dev/null", f"exec /bin/sh -c {shlex.quote(command)}", ""]
+    # Stdin is redirected on the last line itself: the shell reads its script from stdin
+    # a buffer at a time, so an earlier redirection would cut off what it had not read.
+    lines += [f"exec /bin/sh -c {shlex.quote(command)} </dev/null", ""]
     return "\n".join(lines).encode()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pulumi_leap0 import spec
 from pulumi_leap0.runner import launch
 from pulumi_leap0.runner.exec import exec_argv, exec_script
 from pulumi_leap0.runner.identity import HostIdentity, write_etc
@@ -161,9 +162,12 @@ def test_exec_joins_its_own_cgroup_then_enters_the_sandbox_as_its_user() -> None
 def test_the_exec_script_sets_exactly_the_environment_then_runs_the_command() -> None:
     """Run by a real shell: values arrive as they are, none expanded, stdin is emptied."""
     env = {"A": "1", "B": "two words", "Q": "it's $HOME `id` \"x\"\nline"}
-    script = exec_script(env, 'printf "%s|" "$A" "$B" "$Q"; cat; env -0')
+    # The largest command the contract takes, longer than the shell reads from a pipe at once.
+    padding = "# " + "z" * (spec.MAX_COMMAND_BYTES - 100) + "\n"
+    script = exec_script(env, padding + 'printf "%s|" "$A" "$B" "$Q"; cat; env -0')
     done = subprocess.run(["/usr/bin/env", "-i", "/bin/sh", "-s"], input=script,
-                          capture_output=True, timeout=10, check=True)
+                          capture_output=True, timeout=10, check=False)
+    assert done.returncode == 0, done.stderr
     shown, _, environ = done.stdout.decode().rpartition("|")
     assert shown == "1|two words|it's $HOME `id` \"x\"\nline"
     names = {item.split("=")[0] for item in environ.split("\0") if item}

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from pulumi_leap0 import spec
 from pulumi_leap0.runner import Runner
 from tests.backend.helpers import TEMPLATE, http
 from tests.fixtures.backend import BackendServer
@@ -180,8 +181,13 @@ def test_the_environment_is_exactly_the_sandboxs(sandboxes: Sandboxes) -> None:
     base = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TMPDIR"}
     # sh itself adds PWD (as `env -i ... sh -c` did); nothing of the host's gets through.
     assert set(env) - set(tricky) - base - {"FROM_SANDBOX", "PWD"} == set(), sorted(env)
-    # Stdin is still empty, not what carried the environment.
+    # Stdin is still empty, not what carried the environment, also after the largest
+    # environment and command the contract takes (more than a pipe holds).
     assert runner.exec(sandbox_id, "cat; echo end").stdout == "end\n"
+    most = {f"V{i}": "y" * 500 for i in range(spec.MAX_ENV_VARS)}
+    command = "# " + "z" * (spec.MAX_COMMAND_BYTES - 100) + '\ncat; echo "end $V999"'
+    result = runner.exec(sandbox_id, command, env=most)
+    assert (result.exit_code, result.stdout) == (0, f"end {'y' * 500}\n"), result.stderr
 
 
 # --- Many execs at once in one sandbox ------------------------------------------------------
