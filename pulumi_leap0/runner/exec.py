@@ -3,18 +3,18 @@
 The command is a chain like the init's (``launch.py``): ``sh`` joins a fresh child cgroup
 of the sandbox's, ``x-<token>``, so a timeout can kill exactly this call's process tree
 however it forked or daemonized, while the sandbox's limits and freezer hold it too; then
-``nsenter`` enters every namespace of the sandbox's init, its root and its working
-directory as the sandbox user, and ``env -i`` starts a shell there from an empty
-environment. The chain starts under the sandbox's seccomp filter (``seccomp.popen``):
-nothing of the init's filter carries over to a process that ``nsenter`` starts from the
-host.
+``nsenter`` enters every namespace of the sandbox's init and its root as the sandbox user,
+and starts a shell there. The chain starts under the sandbox's seccomp filter
+(``seccomp.popen``): nothing of the init's filter carries over to a process that
+``nsenter`` starts from the host.
 
 The environment does not go on any command line: every host user reads every process's
 argv (``/proc/PID/cmdline``), and the chain's first two links run on the host. That shell
-reads it from its stdin, a pipe only this process holds, as ``export NAME='value'``
-lines (``exec_script``), then becomes ``/bin/sh -c COMMAND`` with stdin on
-``/dev/null``. Not the chain's own environment instead: its first links are host
-programs run as root, and a tenant's ``LD_PRELOAD`` or ``GLIBC_TUNABLES`` would reach them.
+reads its script from its stdin, a pipe only this process holds (``exec_script``): it
+drops the host's variables, enters the working directory, exports each variable as
+``export NAME='value'``, then becomes ``/bin/sh -c COMMAND`` with stdin on ``/dev/null``.
+Not the chain's own environment instead: its first links are host programs run as root,
+and a tenant's ``LD_PRELOAD`` or ``GLIBC_TUNABLES`` would reach them.
 A process's environment (``/proc/PID/environ``) is readable only by its own uid and root.
 
 Each call's cgroup is its own until the call ends: ``_live`` keeps the sweep of finished
@@ -55,21 +55,23 @@ _live: set[str] = set()
 _live_lock = threading.Lock()
 
 
-def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int,
-              workdir: str) -> list[str]:
-    """Nothing of the call's own: its environment and command come in on stdin."""
+def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int) -> list[str]:
+    """Nothing of the call's own: its directory, environment and command come on stdin."""
     return [*launch.join_cgroups(cgroup_procs),
             "nsenter", f"--target={init_pid}", "--user", "--mount", "--uts", "--ipc",
             "--net", "--pid", "--cgroup", "--root", "--wd",
-            f"--setuid={uid}", f"--setgid={uid}", "--",
-            "/usr/bin/env", "-i", f"--chdir={workdir}", "--", "/bin/sh", "-s"]
+            f"--setuid={uid}", f"--setgid={uid}", "--", "/bin/sh", "-s"]
 
 
-def exec_script(env: Mapping[str, str], command: str) -> bytes:
-    """What the chain's last shell reads: names are shell names (``check_env``), values
-    single-quoted, so nothing in them is expanded. The command's own shell gets exactly
-    the exported variables, as ``env -i NAME=value sh -c`` gave it."""
-    lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+def exec_script(env: Mapping[str, str], command: str, workdir: str) -> bytes:
+    """What the chain's last shell reads. It drops what it got from the host (the chain's
+    ``sysutil.HOST_ENV``), so the command's own shell gets exactly the exported variables,
+    as ``env -i --chdir=WD NAME=value sh -c`` gave it (125 is env's code for a directory
+    it cannot enter). Names are shell names (``check_env``), values single-quoted, so
+    nothing in them is expanded."""
+    lines = [f"unset {' '.join(sysutil.HOST_ENV)}",
+             f"cd -- {shlex.quote(workdir)} || exit 125", "unset OLDPWD"]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     # Stdin is redirected on the last line itself: the shell reads its script from stdin
     # a buffer at a time, so an earlier redirection would cut off what it had not read.
     lines += [f"exec /bin/sh -c {shlex.quote(command)} </dev/null", ""]
@@ -91,7 +93,7 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
         _remove_finished_calls(cgroups, sandbox_cgroup)
         cgroups.create(call)
         argv = exec_argv(cgroup_procs=cgroups.procs_files(call), init_pid=box.init_pid,
-                         uid=box.uid, workdir=workdir)
+                         uid=box.uid)
         try:
             proc = seccomp.popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -99,7 +101,7 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
         except OSError as exc:
             raise RunnerError(f"could not run the command: {exc}") from exc
         out, err, timed_out = _collect(cgroups, proc, timeout, call,
-                                       exec_script(merged, command))
+                                       exec_script(merged, command, workdir))
     finally:
         cgroups.remove_if_empty(call)
         with _live_lock:
