@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from pulumi_leap0 import spec
+from pulumi_leap0.client import Leap0Client
 from pulumi_leap0.runner import Runner
 from tests.backend.helpers import TEMPLATE, http
 from tests.fixtures.backend import BackendServer
@@ -228,3 +229,19 @@ def test_fifty_concurrent_execs_in_one_sandbox(runner: Runner, sandboxes: Sandbo
 
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
         _assert_own_outputs(list(pool.map(one, range(50))))
+
+
+def test_fifty_concurrent_execs_in_one_sandbox_through_http(
+        raw: httpx.Client, client: Leap0Client) -> None:
+    """Past the organization's share (8 running, 32 waiting): the API answers the rest 429
+    before doing anything, and the project's client tries those again."""
+    box = _create(raw)
+    try:
+        def one(i: int) -> tuple[int, int, str, str]:
+            result = client.execute(box, spec.ExecuteRequest(command=f"echo out-{i}"))
+            return i, result.exit_code, result.stdout, result.stderr
+
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            _assert_own_outputs(list(pool.map(one, range(50))))
+    finally:
+        raw.delete(f"/v1/sandbox/{box}/")
