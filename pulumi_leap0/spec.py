@@ -138,7 +138,8 @@ FILE_TRANSFER_TIMEOUT_S = 300
 # RFC 1123 host labels; an optional leading "*." makes a wildcard for every subdomain.
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Shell names: the runner hands variables to the sandbox as ``export NAME=...`` lines.
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # RFC 9110 token characters: what a header name may be made of.
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -190,7 +191,7 @@ def _size(value: str) -> int:
 
 
 def _env_name(name: str) -> str:
-    if not _ENV_NAME_RE.match(name):
+    if not ENV_NAME_RE.match(name):
         raise _fail("env_name", "must be letters, digits and '_', and not start with a digit")
     if _size(name) > MAX_ENV_NAME_BYTES:
         raise _fail("env_name", f"must be at most {MAX_ENV_NAME_BYTES} bytes")

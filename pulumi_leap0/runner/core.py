@@ -224,9 +224,11 @@ class Runner:
         """``kept``: the record of a stopped sandbox, if any (its layer may be kept)."""
         owner = self._host_identity(config.id, kept)
         state_dir, rt = self._records.state_dir(config.id), self._records.runtime(config.id)
-        for d in (state_dir, rt):
-            d.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(state_dir, 0o711)
+        # Root's alone: state.json and bwrap.args hold env values, init.log what the chain
+        # said, and nothing that runs as another uid needs a path below.
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+        layer.make_runtime(rt, owner, privileged=self._privileged)
         if kept is not None and kept.host_uid != owner.uid:
             # Recorded under the old shared uid, or its uid was lost (a wiped /run/leap0).
             old = identity.HostIdentity(kept.host_uid, kept.host_gid, dedicated=True)

@@ -41,8 +41,10 @@ from pulumi_leap0.runner.network import NetworkHandle
 from pulumi_leap0.runner.templates import HIDDEN_DIRS, HIDDEN_FILES, Template
 
 START_TIMEOUT_S = 15.0
-# Join every cgroup given before "--", then become the rest of the command line.
-JOIN = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 121; shift; done; '
+# Join every cgroup given before "--", then become the rest of the command line. The shell's
+# own message would name the host path of the cgroup, and an exec's stderr is the tenant's.
+JOIN = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do { echo $$ > "$1"; } 2>/dev/null || '
+        '{ echo "leap0: could not join the sandbox\'s cgroup" >&2; exit 121; }; shift; done; '
         'shift; exec "$@"')
 # The sandbox's pid 1 (bwrap --as-pid-1): a shell, because a namespace's init ignores every
 # signal from inside that it has no handler for, so the sandbox user cannot kill it (with
@@ -137,7 +139,10 @@ def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: 
             a += ["--symlink", os.readlink(src), f"/{entry}"]
         elif src.is_dir():
             a += ["--ro-bind-fd", fd(src), f"/{entry}"]
-    a += ["--proc", "/proc", "--dev", "/dev",
+    # /dev read-only before the layer's shm goes on it: bubblewrap's /dev is a tmpfs of its
+    # own, which the sandbox could otherwise fill past its disk limit. The device nodes on
+    # it stay usable: a read-only mount refuses writes to files, not to devices.
+    a += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
           "--bind-fd", fd(layer / "shm"), "/dev/shm",
           "--bind-fd", fd(layer / "tmp"), "/tmp",
           "--dir", "/var", "--bind-fd", fd(layer / "vartmp"), "/var/tmp",

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.errors import RunnerError
 
-_ENV_NAME = re.compile(r"^[^=\x00-][^=\x00]*$")
-
 
 def check_env(env: Mapping[str, str]) -> None:
-    """What the runner itself refuses, whatever the caller checked: names and values go on
-    command lines as ``NAME=value``, where an ``=`` or a leading ``-`` in a name, or a NUL
-    anywhere, would mean something else."""
+    """What the runner itself refuses, whatever the caller checked: an exec hands the
+    variables to a shell inside the sandbox as ``export NAME='value'`` (``exec.py``), and
+    bubblewrap to the init as C strings, so names are the contract's shell names and
+    values hold no NUL."""
     for name, value in env.items():
-        if not _ENV_NAME.match(name) or "\x00" in value:
-            raise RunnerError("environment variable names must not be empty or contain "
-                              "'=' or NUL, nor start with '-'")
+        if not spec.ENV_NAME_RE.match(name) or "\x00" in value:
+            raise RunnerError("environment variable names must be letters, digits and '_', "
+                              "not starting with a digit, and values must not contain NUL")
 
 
 @dataclass(frozen=True)
