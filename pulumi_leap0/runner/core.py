@@ -65,6 +65,7 @@ from pulumi_leap0.runner import (
     seccomp,
     state,
     sysutil,
+    templates,
 )
 from pulumi_leap0.runner.capabilities import Capabilities, probe
 from pulumi_leap0.runner.cgroups import Limits
@@ -200,7 +201,8 @@ class Runner:
         raised; a writable layer that existed before the call is kept.
         """
         check_id(config.id)
-        template = self._template(config.template)
+        template = (templates.from_image(config.template, config.image)
+                    if config.image is not None else self._template(config.template))
         check_env(config.env)
         with self._id_lock(config.id):
             existing = self._records.get(config.id)
@@ -236,6 +238,8 @@ class Runner:
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
         staging = layer.make_staging(rt, privileged=self._privileged)
+        root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
+                if template.image else None)
 
         rel = self._cg(config.id)
         self._cgroups.remove(rel)  # leftovers of a crashed earlier run
@@ -250,12 +254,13 @@ class Runner:
         box = SandboxState(id=config.id, template=template.name, user=template.user,
                            uid=template.uid, host_uid=owner.uid, host_gid=owner.gid,
                            workdir=template.workdir, env=env,
-                           netns=net.netns_name if net else None)
+                           netns=net.netns_name if net else None, gid=template.group,
+                           image=template.image)
         with launch.HostFds() as fds:
             options = launch.bwrap_options(
                 sandbox_id=config.id, template=template, etc_dir=etc, layer=writable,
                 staging=staging, env=env, network=net, runner_dir=self.root_dir, fd=fds,
-                seccomp=self._seccomp)
+                seccomp=self._seccomp, root=root)
             booting = launch.spawn(options, state_dir=state_dir,
                                    cgroup_procs=self._cgroups.procs_files(rel),
                                    netns_path=net.netns_path if net else None,

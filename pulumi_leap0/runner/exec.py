@@ -36,14 +36,24 @@ OUTPUT_GRACE_S = 0.05
 CALL_PREFIX = "x-"
 
 
+#: For a container image, whose ``env`` may not know ``--chdir`` (busybox's does not): the
+#: image's own shell changes directory, then ``env -i`` (POSIX) sets exactly the variables.
+PORTABLE_CHDIR = 'cd -- "$1" || exit 126; shift; exec env -i "$@"'
+
+
 def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int, workdir: str,
-              env: Mapping[str, str], command: str) -> list[str]:
-    return [*launch.join_cgroups(cgroup_procs),
-            "nsenter", f"--target={init_pid}", "--user", "--mount", "--uts", "--ipc",
-            "--net", "--pid", "--cgroup", "--root", "--wd",
-            f"--setuid={uid}", f"--setgid={uid}", "--",
-            "/usr/bin/env", "-i", f"--chdir={workdir}", "--",
-            *(f"{k}={v}" for k, v in env.items()), "/bin/sh", "-c", command]
+              env: Mapping[str, str], command: str, gid: int | None = None,
+              portable: bool = False) -> list[str]:
+    enter = [*launch.join_cgroups(cgroup_procs),
+             "nsenter", f"--target={init_pid}", "--user", "--mount", "--uts", "--ipc",
+             "--net", "--pid", "--cgroup", "--root", "--wd",
+             f"--setuid={uid}", f"--setgid={uid if gid is None else gid}", "--"]
+    variables = [f"{k}={v}" for k, v in env.items()]
+    if portable:
+        return [*enter, "/bin/sh", "-c", PORTABLE_CHDIR, "leap0-exec", workdir,
+                *variables, "/bin/sh", "-c", command]
+    return [*enter, "/usr/bin/env", "-i", f"--chdir={workdir}", "--",
+            *variables, "/bin/sh", "-c", command]
 
 
 def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, command: str, *,
@@ -58,7 +68,8 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
     _remove_finished_calls(cgroups, sandbox_cgroup)
     cgroups.create(call)
     argv = exec_argv(cgroup_procs=cgroups.procs_files(call), init_pid=box.init_pid,
-                     uid=box.uid, workdir=workdir, env=merged, command=command)
+                     uid=box.uid, workdir=workdir, env=merged, command=command,
+                     gid=box.group, portable=box.image)
     try:
         proc = seccomp.popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
