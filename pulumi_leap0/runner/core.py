@@ -75,6 +75,7 @@ from pulumi_leap0.runner.errors import (
     SandboxNotRunningError,
 )
 from pulumi_leap0.runner.exec import DEFAULT_EXEC_TIMEOUT_S, run_command
+from pulumi_leap0.runner.images import ImageStore
 from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, check_id
 from pulumi_leap0.runner.templates import Template, TemplateRegistry
 from pulumi_leap0.runner.types import (
@@ -104,8 +105,10 @@ class Runner:
     """
 
     def __init__(self, root_dir: Path, *, egress: network.EgressSettings | None = None,
-                 uids: identity.UidPool | None = None) -> None:
+                 uids: identity.UidPool | None = None,
+                 images: ImageStore | None = None) -> None:
         self.root_dir = Path(root_dir).absolute()
+        self._images = images
         self.egress = egress or network.EgressSettings()
         # Traversable, not listable: bubblewrap runs as the unprivileged sandbox uid and
         # must reach the bind sources below; state.json (it holds env values) stays 0600.
@@ -144,6 +147,14 @@ class Runner:
     def _id_lock(self, sandbox_id: str) -> threading.Lock:
         with self._lock:
             return self._locks.setdefault(sandbox_id, threading.Lock())
+
+    @property
+    def images(self) -> ImageStore:
+        """Container images of user templates (pulled, unpacked, shared read-only); by
+        default in the runner's own directory, made at first use."""
+        if self._images is None:
+            self._images = ImageStore(self.root_dir / ".images")
+        return self._images
 
     def _template(self, name: str) -> Template:
         template = self.templates.get(name)
