@@ -725,22 +725,25 @@ class TemplateRenameRequest(_Model):
 
 
 class ImageConfig(_Model):
-    entrypoint: list[str] | None = None
-    cmd: list[str] | None = None
-    working_dir: str = ""
-    user: str = ""
-    env: dict[str, str] | None = None
+    """The image's own configuration, as its config blob says it."""
+
+    entrypoint: list[str] | None = Field(default=None, description="The image's entrypoint.")
+    cmd: list[str] | None = Field(default=None, description="The image's command.")
+    working_dir: str = Field(default="", description="Where the sandbox's processes start.")
+    user: str = Field(default="", description="The OS user the sandbox's processes run as.")
+    env: dict[str, str] | None = Field(default=None, description="The image's environment.")
 
 
 class Template(_Model):
     """A template as the upload answers it."""
 
-    id: str
-    name: str
-    digest: str
-    image_config: ImageConfig
-    is_system: bool = False
-    created_at: str
+    id: str = Field(description="Unique template identifier (`tpl-...`).")
+    name: str = Field(description="Template name.")
+    digest: str = Field(description="Digest of the image's manifest the template was made "
+                        "from.")
+    image_config: ImageConfig = Field(description="The image's configuration.")
+    is_system: bool = Field(default=False, description="Whether this is a system template.")
+    created_at: str = Field(description="When the template was uploaded.")
 
 
 # --- Errors --------------------------------------------------------------------------------
