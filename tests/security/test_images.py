@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pulumi_leap0.runner import Runner, RunnerError, SandboxConfig
+from pulumi_leap0.runner import Runner, RunnerError
 from pulumi_leap0.runner.images import Image
 from tests.runner.conftest import Sandboxes, leftovers, new_id
 

@@ -11,7 +11,7 @@ import pytest
 
 from pulumi_leap0 import spec
 from tests.backend.helpers import http, sdk
-from tests.fixtures.backend import BackendServer
+from tests.fixtures.backend import BackendServer, running_backend
 from tests.fixtures.registry import GREETING, IMAGE_UID, Registries
 
 
@@ -237,3 +237,44 @@ def test_another_organizations_template_is_404(backend: BackendServer, api_key: 
         assert own.status_code == 201, own.text
         api.delete(f"/v1/template/{own.json()['id']}")
         leap0.templates.delete(template.id)
+
+
+def test_an_image_that_runs_as_root_runs_as_the_sandbox_user(
+        backend: BackendServer, api_key: str, registries: Registries) -> None:
+    with sdk(backend, api_key) as leap0:
+        name = _name()
+        template = leap0.templates.create(name=name, uri=registries.uri("root"))
+        assert template.image_config.user == "root"  # what the image says
+        box = leap0.sandboxes.create(template_name=name)
+        try:
+            # Never uid 0 inside: an exec entering the namespace as 0 would hold every
+            # capability in it (runner/images.py, resolve_user).
+            run = box.process.execute(command="id -u; echo $HOME; cat /proc/self/status")
+            lines = run.stdout.splitlines()
+            assert lines[:2] == ["1000", "/home/user"], run
+            caps = [ln for ln in lines if ln.startswith(("CapEff:", "CapPrm:"))]
+            assert caps and all(int(ln.split()[1], 16) == 0 for ln in caps), caps
+        finally:
+            leap0.sandboxes.delete(box.id)
+        leap0.templates.delete(template.id)
+
+
+def test_a_sandbox_of_a_template_starts_again_after_a_restart(registries: Registries) -> None:
+    with running_backend() as server:
+        key = server.new_api_key()
+        with http(server, key) as api:
+            made = api.post("/v1/template", json={"name": _name(), "uri": registries.uri()})
+            assert made.status_code == 201, made.text
+            box = api.post("/v1/sandbox/", json={"template_name": made.json()["name"]}).json()
+            written = api.post(f"/v1/sandbox/{box['id']}/process/execute",
+                               json={"command": "echo kept > /app/kept"})
+            assert written.json()["exit_code"] == 0
+            assert api.post(f"/v1/sandbox/{box['id']}/stop").status_code == 200
+        server.restart()
+        with http(server, key) as api:
+            assert api.post(f"/v1/sandbox/{box['id']}/start").status_code == 200
+            again = api.post(f"/v1/sandbox/{box['id']}/process/execute",
+                             json={"command": "cat /app/kept /app/greeting; id -u"})
+            assert again.json()["stdout"] == f"kept\n{GREETING}{IMAGE_UID}\n"
+            assert api.delete(f"/v1/sandbox/{box['id']}/").status_code == 204
+            assert api.delete(f"/v1/template/{made.json()['id']}").status_code == 204
