@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 # rclone (object-storage mounts), nftables and iproute2 (network policy), procps and psmisc
 # (the tests look for leftover processes).
 DEBIAN_PACKAGES = bubblewrap fuse3 rclone nftables iproute2 iptables procps psmisc curl \
-	ca-certificates
+	ca-certificates skopeo umoci docker-registry busybox-static apache2-utils
 
 .PHONY: deps install lint test demo schema bench
 

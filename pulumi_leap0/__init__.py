@@ -1,7 +1,7 @@
 """Leap0 sandboxes as Pulumi infrastructure.
 
-``import pulumi_leap0 as leap0`` gives the resource (``leap0.Sandbox``) and its argument
-types. They are loaded on first use, so the backend and the client do not pay for
+``import pulumi_leap0 as leap0`` gives the resources (``leap0.Sandbox``, ``leap0.Template``)
+and their argument types. They are loaded on first use, so the backend and the client do not pay for
 importing the Pulumi SDK.
 """
 
@@ -12,21 +12,26 @@ from typing import TYPE_CHECKING
 from pulumi_leap0._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from pulumi_leap0.provider import SandboxProvider
+    from pulumi_leap0.provider import SandboxProvider, TemplateProvider
     from pulumi_leap0.resource import (
         MountArgs,
         NetworkPolicyArgs,
+        RegistryCredentialsArgs,
         Sandbox,
         SandboxArgs,
+        Template,
         TransformArgs,
     )
 
 __all__ = [
     "MountArgs",
     "NetworkPolicyArgs",
+    "RegistryCredentialsArgs",
     "Sandbox",
     "SandboxArgs",
     "SandboxProvider",
+    "Template",
+    "TemplateProvider",
     "TransformArgs",
 ]
 
@@ -37,6 +42,9 @@ _LAZY = {
     "MountArgs": "pulumi_leap0.resource",
     "NetworkPolicyArgs": "pulumi_leap0.resource",
     "TransformArgs": "pulumi_leap0.resource",
+    "Template": "pulumi_leap0.resource",
+    "RegistryCredentialsArgs": "pulumi_leap0.resource",
+    "TemplateProvider": "pulumi_leap0.provider",
 }
 
 

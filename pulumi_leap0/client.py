@@ -234,6 +234,21 @@ class Leap0Client:
             timeout=request.timeout + 10.0,
         )
 
+    # --- Templates ---------------------------------------------------------------------------
+
+    def upload_template(self, request: spec.TemplateUploadRequest) -> spec.Template:
+        # The backend pulls and unpacks the image before it answers: minutes, at most its
+        # own bound, and never retried (a second upload would be a second template).
+        return self._call("POST", "/v1/template", spec.Template, json=request.wire(),
+                          timeout=spec.TEMPLATE_UPLOAD_TIMEOUT_S + 30.0)
+
+    def rename_template(self, template_id: str, name: str) -> None:
+        self._call_no_content("PATCH", f"/v1/template/{template_id}",
+                              json=spec.TemplateRenameRequest(name=name).wire())
+
+    def delete_template(self, template_id: str) -> None:
+        self._call_no_content("DELETE", f"/v1/template/{template_id}")
+
     # --- Transport ---------------------------------------------------------------------------
 
     def _call(
@@ -249,8 +264,9 @@ class Leap0Client:
         response = self._checked(method, path, json=json, params=params, timeout=timeout)
         return model.model_validate(response.json())
 
-    def _call_no_content(self, method: str, path: str) -> None:
-        self._checked(method, path)
+    def _call_no_content(self, method: str, path: str, *,
+                         json: Mapping[str, Any] | None = None) -> None:
+        self._checked(method, path, json=json)
 
     def _checked(
         self,

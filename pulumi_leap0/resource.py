@@ -1,4 +1,5 @@
-"""The resources, as Pulumi programs write them: ``leap0.Sandbox`` and its argument types.
+"""The resources, as Pulumi programs write them: ``leap0.Sandbox``, ``leap0.Template`` and
+their argument types.
 
 One section per resource (its argument classes, then the resource), after what they share.
 Inputs are named as the API names them; the logic lives in ``provider/``.
@@ -26,9 +27,12 @@ import pulumi
 import pulumi.dynamic
 
 from pulumi_leap0 import spec
+from pulumi_leap0.provider import template as template_provider
 from pulumi_leap0.provider.sandbox import COMPUTED_OUTPUTS, SandboxProvider
+from pulumi_leap0.provider.template import TemplateProvider
 
 SANDBOX_TYPE = "pulumi-python:dynamic/leap0:Sandbox"
+TEMPLATE_TYPE = "pulumi-python:dynamic/leap0:Template"
 
 
 # --- Shared by every resource ----------------------------------------------------------------
@@ -210,3 +214,63 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
         """Read an existing sandbox into the program without managing it."""
         return Sandbox(resource_name, opts=pulumi.ResourceOptions.merge(opts,
                        pulumi.ResourceOptions(id=id)))
+
+
+# --- Template --------------------------------------------------------------------------------
+
+
+@dataclass
+class RegistryCredentialsArgs:
+    """Credentials for a private registry. This backend pulls with ``basic`` ones; the
+    others (``aws``, ``gcp``, ``azure``) are validated and refused by it."""
+
+    type: pulumi.Input[str]
+    username: pulumi.Input[str] | None = None
+    password: pulumi.Input[str] | None = None
+    aws_access_key_id: pulumi.Input[str] | None = None
+    aws_secret_access_key: pulumi.Input[str] | None = None
+    aws_region: pulumi.Input[str] | None = None
+    gcp_service_account_json: pulumi.Input[str] | None = None
+    azure_client_id: pulumi.Input[str] | None = None
+    azure_client_secret: pulumi.Input[str] | None = None
+    azure_tenant_id: pulumi.Input[str] | None = None
+
+
+class Template(pulumi.dynamic.Resource, module="leap0", name="Template"):
+    """A Leap0 template: a container image, pulled and converted to a root file system, that
+    sandboxes are created from (``Sandbox(template_name=tpl.name)``, which also orders
+    ``up`` and ``destroy`` correctly).
+
+    * A new ``name`` renames the template in place; a new ``uri`` replaces it (the old one
+      deleted first: names are unique and an organization holds at most 25 templates).
+    * ``credentials`` are secret (marked here, whatever the program passes) and serve the
+      upload only: Leap0 never stores or returns them, so changing them alone changes
+      nothing; state keeps a fingerprint (``credentials_sha256``), never the values.
+    * Delete fails while a sandbox still uses the template, naming the sandboxes.
+    * Refresh: the API has no call that reads or lists templates, so refresh cannot see a
+      template renamed or deleted outside Pulumi; it keeps the outputs the last ``up``
+      recorded (``digest``, ``image_config``, ``created_at``). A template deleted outside
+      Pulumi is found at the next rename (404) and is simply gone at destroy.
+    """
+
+    name: pulumi.Output[str]
+    uri: pulumi.Output[str]
+    digest: pulumi.Output[str]
+    image_config: pulumi.Output[dict[str, Any]]
+    is_system: pulumi.Output[bool]
+    created_at: pulumi.Output[str]
+    credentials_sha256: pulumi.Output[str | None]
+
+    def __init__(
+        self,
+        resource_name: str,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        name: pulumi.Input[str],
+        uri: pulumi.Input[str],
+        credentials: RegistryCredentialsArgs | dict[str, Any] | None = None,
+    ) -> None:
+        given = {"name": name, "uri": uri, "credentials": credentials}
+        props = _mark_secrets(_plain(given), spec.TEMPLATE_SECRET_PATHS)
+        props = {**dict.fromkeys(template_provider.COMPUTED_OUTPUTS), **props}
+        super().__init__(TemplateProvider(), resource_name, props, opts)

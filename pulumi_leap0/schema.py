@@ -1,4 +1,5 @@
-"""``schema.json``, the Pulumi package schema of ``leap0.Sandbox``, generated from ``spec.py``.
+"""``schema.json``, the Pulumi package schema of ``leap0.Sandbox`` and ``leap0.Template``,
+generated from ``spec.py``.
 
 ``python -m pulumi_leap0.schema`` writes it; ``--check`` exits 1 when the committed file
 differs from what ``spec.py`` says today. Never edit ``schema.json`` by hand: a limit,
@@ -21,6 +22,7 @@ from pulumi_leap0.provider.base import CREATE_TIMEOUT_DEFAULT_S
 
 PACKAGE = "leap0"
 SANDBOX = f"{PACKAGE}:index:Sandbox"
+TEMPLATE = f"{PACKAGE}:index:Template"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.json"
 
 #: Object and enum types, by the spec model or JSON-schema title they come from.
@@ -28,6 +30,8 @@ TYPE_TOKENS = {
     "MountRequest": f"{PACKAGE}:index:Mount",
     "NetworkPolicy": f"{PACKAGE}:index:NetworkPolicy",
     "TransformRule": f"{PACKAGE}:index:Transform",
+    "RegistryCredentials": f"{PACKAGE}:index:RegistryCredentials",
+    "ImageConfig": f"{PACKAGE}:index:ImageConfig",
 }
 NETWORK_MODE = f"{PACKAGE}:index:NetworkPolicyMode"
 SANDBOX_STATE = f"{PACKAGE}:index:SandboxState"
@@ -103,6 +107,35 @@ def _enum(description: str, values: list[str]) -> dict[str, Any]:
     }
 
 
+def _template() -> dict[str, Any]:
+    request = spec.TemplateUploadRequest.model_json_schema()
+    inputs = {
+        name: _property(s, replace_on_changes=name in spec.TEMPLATE_REPLACE_ON_CHANGE)
+        for name, s in request["properties"].items()
+    }
+    computed = {
+        name: _property(s)
+        for name, s in spec.Template.model_json_schema()["properties"].items()
+        if name in ("digest", "image_config", "is_system", "created_at")
+    }
+    computed["credentials_sha256"] = {
+        "type": "string",
+        "description": "A fingerprint of `credentials` (never the values themselves).",
+    }
+    return {
+        "description": "A Leap0 template: a container image pulled and converted to a root "
+        f"file system. A new `uri` replaces it; a new `name` renames it in place; new "
+        f"`credentials` alone change nothing. An organization holds at most "
+        f"{spec.MAX_TEMPLATES_PER_ORG} templates. The API reads no template back, so "
+        "refresh keeps what the last update recorded.",
+        "inputProperties": inputs,
+        "requiredInputs": sorted(request.get("required", [])),
+        "properties": {**{k: v for k, v in inputs.items() if k != "credentials"}, **computed},
+        "required": sorted({*request.get("required", []), "digest", "image_config",
+                            "is_system", "created_at"}),
+    }
+
+
 def build() -> dict[str, Any]:
     request = spec.SandboxCreateRequest.model_json_schema()
     inputs = {
@@ -155,6 +188,8 @@ def build() -> dict[str, Any]:
             TYPE_TOKENS["MountRequest"]: _object_type(spec.MountRequest, extra=mount_id),
             TYPE_TOKENS["NetworkPolicy"]: _object_type(spec.NetworkPolicy),
             TYPE_TOKENS["TransformRule"]: _object_type(spec.TransformRule),
+            TYPE_TOKENS["RegistryCredentials"]: _object_type(spec.RegistryCredentials),
+            TYPE_TOKENS["ImageConfig"]: _object_type(spec.ImageConfig),
             NETWORK_MODE: _enum("Egress policy mode.", list(get_args(spec.NetworkMode))),
             SANDBOX_STATE: _enum("Lifecycle state of a sandbox.",
                                  [state.value for state in spec.SandboxState]),
@@ -170,7 +205,8 @@ def build() -> dict[str, Any]:
                 "properties": outputs,
                 "required": sorted({*request.get("required", []), *computed,
                                     "vcpu", "memory", "timeout", "auto_pause"}),
-            }
+            },
+            TEMPLATE: _template(),
         },
         "language": {"python": {"packageName": "pulumi_leap0"}},
     }

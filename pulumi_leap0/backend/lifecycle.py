@@ -49,7 +49,9 @@ from pulumi_leap0.backend.store import (
     QuotaExceeded,
     SandboxRecord,
     Store,
+    TemplateConflict,
 )
+from pulumi_leap0.backend.templates import Templates
 
 log = logging.getLogger("leap0.backend")
 
@@ -79,6 +81,7 @@ class Lifecycle:
         self.call_timeout_s = call_timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self.templates = Templates(store, runner)
 
     # --- Plumbing -----------------------------------------------------------------------------
 
@@ -142,14 +145,22 @@ class Lifecycle:
     # --- Create -------------------------------------------------------------------------------
 
     async def create(self, org_id: str, request: spec.SandboxCreateRequest) -> SandboxRecord:
-        try:
-            disk = self.runner.disk_mib(request.template_name)
-        except runtime.RunnerError:  # its one complaint here: a template it does not know
-            raise invalid("template_name", "must name a known template") from None
+        # The caller's own templates and the system ones; never another organization's.
+        template = self.store.template_named(org_id, request.template_name)
+        if template is not None:
+            disk = runtime.IMAGE_DISK_MIB
+        else:
+            try:
+                disk = self.runner.disk_mib(request.template_name)
+            except runtime.RunnerError:  # its one complaint here: a template it does not know
+                raise invalid("template_name", "must name a known template") from None
         try:
             record = self.store.insert_sandbox(
-                org_id, request, disk=disk, memory_capacity_mib=self.memory_capacity_mib
+                org_id, request, disk=disk, memory_capacity_mib=self.memory_capacity_mib,
+                template_id=template.id if template is not None else None,
             )
+        except TemplateConflict:
+            raise invalid("template_name", "must name a known template") from None
         except QuotaExceeded as exc:
             raise conflict(
                 f"sandbox limit reached: an organization may have at most "
@@ -160,7 +171,7 @@ class Lifecycle:
             raise _no_capacity(request.memory) from None
         async with self._lock(record.id):
             try:
-                await self._run(self.runner.start, runtime.sandbox_config(record))
+                await self._run(self.runner.start, self._config(record))
             except Exception as exc:
                 # Nothing half-made is left behind, and the quota slot is given back.
                 log.error("sandbox %s failed to start: %s: %s", record.id, type(exc).__name__, exc)
@@ -175,6 +186,16 @@ class Lifecycle:
                 record.id, S.RUNNING, launched=True, deadline_ts=time.time() + record.timeout
             )
         return self._reload(record.id)
+
+    def _config(self, record: SandboxRecord) -> runtime.SandboxConfig:
+        """The runner's config, with the image of the sandbox's user template, if any."""
+        image = None
+        if record.template_id is not None:
+            template = self.store.get_template(record.template_id)
+            if template is None:
+                raise ApiError(409, "the sandbox's template is gone")
+            image = runtime.image_of(self.runner, template)
+        return runtime.sandbox_config(record, image)
 
     # --- Pause, resume, stop, start -----------------------------------------------------------
 
@@ -251,7 +272,7 @@ class Lifecycle:
             except NoCapacity:
                 raise _no_capacity(record.memory) from None
             try:
-                await self._run(self.runner.start, runtime.sandbox_config(record))
+                await self._run(self.runner.start, self._config(record))
             except Exception as exc:
                 log.error("sandbox %s failed to start: %s: %s", sandbox_id, type(exc).__name__, exc)
                 self.store.set_state(sandbox_id, S.STOPPED)
@@ -390,6 +411,7 @@ class Lifecycle:
 
     async def recover(self) -> None:
         """Make the store tell the truth about sandboxes after a restart."""
+        self.store.drop_unfinished_templates()
         records = self.store.all_live_sandboxes()
         # Every sandbox we still own is "known", stopped ones included: the runner destroys
         # whatever is not known (orphans), and a stopped sandbox's disk must survive.

@@ -65,6 +65,7 @@ from pulumi_leap0.runner import (
     seccomp,
     state,
     sysutil,
+    templates,
 )
 from pulumi_leap0.runner.capabilities import Capabilities, probe
 from pulumi_leap0.runner.cgroups import Limits
@@ -74,6 +75,7 @@ from pulumi_leap0.runner.errors import (
     SandboxNotRunningError,
 )
 from pulumi_leap0.runner.exec import DEFAULT_EXEC_TIMEOUT_S, run_command
+from pulumi_leap0.runner.images import ImageStore
 from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, check_id
 from pulumi_leap0.runner.templates import Template, TemplateRegistry
 from pulumi_leap0.runner.types import (
@@ -103,8 +105,10 @@ class Runner:
     """
 
     def __init__(self, root_dir: Path, *, egress: network.EgressSettings | None = None,
-                 uids: identity.UidPool | None = None) -> None:
+                 uids: identity.UidPool | None = None,
+                 images: ImageStore | None = None) -> None:
         self.root_dir = Path(root_dir).absolute()
+        self._images = images
         self.egress = egress or network.EgressSettings()
         # Traversable, not listable: bubblewrap runs as the unprivileged sandbox uid and
         # must reach the bind sources below; state.json (it holds env values) stays 0600.
@@ -143,6 +147,14 @@ class Runner:
     def _id_lock(self, sandbox_id: str) -> threading.Lock:
         with self._lock:
             return self._locks.setdefault(sandbox_id, threading.Lock())
+
+    @property
+    def images(self) -> ImageStore:
+        """Container images of user templates (pulled, unpacked, shared read-only); by
+        default in the runner's own directory, made at first use."""
+        if self._images is None:
+            self._images = ImageStore(self.root_dir / ".images")
+        return self._images
 
     def _template(self, name: str) -> Template:
         template = self.templates.get(name)
@@ -200,7 +212,8 @@ class Runner:
         raised; a writable layer that existed before the call is kept.
         """
         check_id(config.id)
-        template = self._template(config.template)
+        template = (templates.from_image(config.template, config.image)
+                    if config.image is not None else self._template(config.template))
         check_env(config.env)
         with self._id_lock(config.id):
             existing = self._records.get(config.id)
@@ -238,6 +251,8 @@ class Runner:
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
         staging = layer.make_staging(rt, privileged=self._privileged)
+        root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
+                if template.image else None)
 
         rel = self._cg(config.id)
         self._cgroups.remove(rel)  # leftovers of a crashed earlier run
@@ -252,12 +267,13 @@ class Runner:
         box = SandboxState(id=config.id, template=template.name, user=template.user,
                            uid=template.uid, host_uid=owner.uid, host_gid=owner.gid,
                            workdir=template.workdir, env=env,
-                           netns=net.netns_name if net else None)
+                           netns=net.netns_name if net else None, gid=template.group,
+                           image=template.image)
         with launch.HostFds() as fds:
             options = launch.bwrap_options(
                 sandbox_id=config.id, template=template, etc_dir=etc, layer=writable,
                 staging=staging, env=env, network=net, runner_dir=self.root_dir, fd=fds,
-                seccomp=self._seccomp)
+                seccomp=self._seccomp, root=root)
             booting = launch.spawn(options, state_dir=state_dir,
                                    cgroup_procs=self._cgroups.procs_files(rel),
                                    netns_path=net.netns_path if net else None,

@@ -55,12 +55,14 @@ _live: set[str] = set()
 _live_lock = threading.Lock()
 
 
-def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int) -> list[str]:
+def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int,
+              gid: int | None = None) -> list[str]:
     """Nothing of the call's own: its directory, environment and command come on stdin."""
     return [*launch.join_cgroups(cgroup_procs),
             "nsenter", f"--target={init_pid}", "--user", "--mount", "--uts", "--ipc",
             "--net", "--pid", "--cgroup", "--root", "--wd",
-            f"--setuid={uid}", f"--setgid={uid}", "--", "/bin/sh", "-s"]
+            f"--setuid={uid}", f"--setgid={uid if gid is None else gid}", "--",
+            "/bin/sh", "-s"]
 
 
 def exec_script(env: Mapping[str, str], command: str, workdir: str) -> bytes:
@@ -93,7 +95,7 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
         _remove_finished_calls(cgroups, sandbox_cgroup)
         cgroups.create(call)
         argv = exec_argv(cgroup_procs=cgroups.procs_files(call), init_pid=box.init_pid,
-                         uid=box.uid)
+                         uid=box.uid, gid=box.group)
         try:
             proc = seccomp.popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.errors import RunnerError
+from pulumi_leap0.runner.images import Image
 
 
 def check_env(env: Mapping[str, str]) -> None:
@@ -44,7 +45,9 @@ class SandboxConfig:
 
     ``network_policy`` is the contract's model, header values included; the runner passes it
     to ``network.setup`` untouched. ``None`` means the contract default (allow-all).
-    ``disk_mib`` overrides the template's writable-layer size.
+    ``disk_mib`` overrides the template's writable-layer size. ``image``: the root of a
+    user template (a container image, ``images.Image``), ``template`` then only its name;
+    without it ``template`` names a system template of the runner's registry.
     """
 
     id: str
@@ -55,6 +58,7 @@ class SandboxConfig:
     network_policy: spec.NetworkPolicy | None = None
     mounts: Sequence[MountConfig] = ()
     disk_mib: int | None = None
+    image: Image | None = None
 
     def __post_init__(self) -> None:
         # Callers pass lists and dicts; freeze them so a config cannot change under a start.

@@ -106,3 +106,17 @@ def test_limits_come_from_spec(generated: dict[str, Any]) -> None:
     assert generated["resources"]["leap0:index:Sandbox"]["requiredInputs"] == ["template_name"]
     states = [e["value"] for e in generated["types"]["leap0:index:SandboxState"]["enum"]]
     assert states == [s.value for s in spec.SandboxState]
+
+
+def test_template_follows_spec(generated: dict[str, Any]) -> None:
+    template = generated["resources"]["leap0:index:Template"]
+    inputs = template["inputProperties"]
+    assert template["requiredInputs"] == ["name", "uri"]
+    assert {n for n, p in inputs.items() if p.get("replaceOnChanges")} == set(
+        spec.TEMPLATE_REPLACE_ON_CHANGE)
+    assert spec.TEMPLATE_SECRET_PATHS == ("credentials",) and inputs["credentials"]["secret"]
+    # Outputs never carry the credentials, only their fingerprint.
+    assert "credentials" not in template["properties"]
+    assert "credentials_sha256" in template["properties"]
+    assert f"at most {spec.MAX_TEMPLATE_URI_CHARS}" in inputs["uri"]["description"]
+    assert inputs["credentials"]["$ref"] == "#/types/leap0:index:RegistryCredentials"
