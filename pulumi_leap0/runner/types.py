@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.errors import RunnerError
@@ -46,7 +47,9 @@ class SandboxConfig:
 
     ``network_policy`` is the contract's model, header values included; the runner passes it
     to ``network.setup`` untouched. ``None`` means the contract default (allow-all).
-    ``disk_mib`` overrides the template's writable-layer size.
+    ``disk_mib`` overrides the template's writable-layer size. ``seed`` is a snapshot's
+    archive (``Runner.snapshot``): a fresh writable layer starts with its files, unpacked
+    before the init starts and counted against ``disk_mib``.
     """
 
     id: str
@@ -57,6 +60,7 @@ class SandboxConfig:
     network_policy: spec.NetworkPolicy | None = None
     mounts: Sequence[MountConfig] = ()
     disk_mib: int | None = None
+    seed: Path | None = None
 
     def __post_init__(self) -> None:
         # Callers pass lists and dicts; freeze them so a config cannot change under a start.
