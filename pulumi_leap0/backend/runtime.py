@@ -35,6 +35,7 @@ from pulumi_leap0.runner.errors import (
 )
 from pulumi_leap0.runner.filecalls import FileReader
 from pulumi_leap0.runner.network import EgressSettings
+from pulumi_leap0.runner.snapshots import SeedTooLarge
 from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "RunnerError",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
+    "SeedTooLarge",
     "make_runner",
 ]
 
@@ -77,7 +79,8 @@ def capability_report(runner: Runner) -> dict[str, object]:
 # --- Configs --------------------------------------------------------------------------------
 
 
-def sandbox_config(record: SandboxRecord) -> SandboxConfig:
+def sandbox_config(record: SandboxRecord, *, seed: Path | None = None) -> SandboxConfig:
+    """``seed``: a snapshot's archive, for a sandbox restored from it."""
     return SandboxConfig(
         id=record.id,
         template=record.template_name,
@@ -87,6 +90,7 @@ def sandbox_config(record: SandboxRecord) -> SandboxConfig:
         network_policy=record.network_policy or spec.NetworkPolicy(mode="allow-all"),
         mounts=[mount_config(m) for m in record.mounts],
         disk_mib=record.disk,
+        seed=seed,
     )
 
 
@@ -280,3 +284,8 @@ def delete(runner: Runner, sandbox_id: str, body: models.DeleteRequest) -> None:
 
 def exists(runner: Runner, sandbox_id: str, body: models.PathRequest) -> models.ExistsResponse:
     return models.ExistsResponse(exists=runner.exists(sandbox_id, body.path))
+
+
+def snapshot(runner: Runner, sandbox_id: str, dest: Path, *, keep_frozen: bool) -> int:
+    """The sandbox's files into ``dest``, a private file of the backend's; its size."""
+    return runner.snapshot(sandbox_id, dest, keep_frozen=keep_frozen)

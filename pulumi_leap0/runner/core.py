@@ -348,8 +348,9 @@ class Runner:
         taken frozen so that it is one moment's files; returns the archive's size.
 
         A paused sandbox stays paused; a running one is thawed after, unless
-        ``keep_frozen`` (it is about to be destroyed). The one place that knows where the
-        writable files are: ``seed`` (``SandboxConfig.seed``) is its other half.
+        ``keep_frozen`` and the snapshot was made (it is about to be destroyed). The one
+        place that knows where the writable files are: ``seed`` (``SandboxConfig.seed``)
+        is its other half.
         """
         box = self._require(sandbox_id)
         rel = self._cg(box.id)
@@ -361,10 +362,14 @@ class Runner:
             try:
                 writable = self._records.runtime(box.id) / "layer"
                 limit = self._disk_bytes(writable) + snapshots.HEADER_ALLOWANCE_BYTES
-                return snapshots.capture(writable, dest, limit=limit, timeout=timeout)
-            finally:
-                if not (was_frozen or keep_frozen):
+                size = snapshots.capture(writable, dest, limit=limit, timeout=timeout)
+            except BaseException:
+                if not was_frozen:  # a failed snapshot leaves the sandbox as it found it
                     self._cgroups.thaw(rel)
+                raise
+            if not (was_frozen or keep_frozen):
+                self._cgroups.thaw(rel)
+            return size
 
     @staticmethod
     def _disk_bytes(writable: Path) -> int:
