@@ -1,7 +1,7 @@
 """Leap0 sandboxes as Pulumi infrastructure.
 
-``import pulumi_leap0 as leap0`` gives the resource (``leap0.Sandbox``) and its argument
-types. They are loaded on first use, so the backend and the client do not pay for
+``import pulumi_leap0 as leap0`` gives the resources (``leap0.Sandbox``, ``leap0.Snapshot``)
+and their argument types. They are loaded on first use, so the backend and the client do not pay for
 importing the Pulumi SDK.
 """
 
@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 from pulumi_leap0._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from pulumi_leap0.provider import SandboxProvider
+    from pulumi_leap0.provider import SandboxProvider, SnapshotProvider
     from pulumi_leap0.resource import (
         MountArgs,
         NetworkPolicyArgs,
         Sandbox,
         SandboxArgs,
+        Snapshot,
         TransformArgs,
     )
 
@@ -27,11 +28,15 @@ __all__ = [
     "Sandbox",
     "SandboxArgs",
     "SandboxProvider",
+    "Snapshot",
+    "SnapshotProvider",
     "TransformArgs",
 ]
 
 _LAZY = {
     "SandboxProvider": "pulumi_leap0.provider",
+    "SnapshotProvider": "pulumi_leap0.provider",
+    "Snapshot": "pulumi_leap0.resource",
     "Sandbox": "pulumi_leap0.resource",
     "SandboxArgs": "pulumi_leap0.resource",
     "MountArgs": "pulumi_leap0.resource",

@@ -613,9 +613,10 @@ MAX_SNAPSHOTS_PER_ORG = 10
 #: Capturing a sandbox's files, or seeding a new sandbox with them, ends by then (a
 #: sandbox stays frozen while it is captured, so the bound is also how long it may be).
 SNAPSHOT_TIMEOUT_S = 120
-#: What a snapshot fixes in the sandbox restored from it, so a sandbox made from a
-#: snapshot must not set them (the provider's ``check`` names each one set).
-SNAPSHOT_FIXES: tuple[str, ...] = ("template_name", "vcpu", "memory")
+#: What a snapshot fixes in the sandbox restored from it (restore takes no such fields: the
+#: environment is the snapshot's too), so a sandbox made from a snapshot must not set them
+#: (the provider's ``check`` names each one set).
+SNAPSHOT_FIXES: tuple[str, ...] = ("template_name", "vcpu", "memory", "env_vars")
 _SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -635,8 +636,9 @@ class SnapshotCreateRequest(_Model):
     """The body of ``POST /v1/sandbox/{id}/snapshot/create``."""
 
     name: SnapshotName | None = Field(
-        default=None, description="Snapshot name, unique in the organization; generated "
-        "when omitted.")
+        default=None, description="Snapshot name, unique in the organization: letters, "
+        "digits, '.', '_' and '-', starting with a letter or digit; Leap0 generates one when "
+        "omitted.")
     kill_sandbox_after: bool = Field(
         default=False, description="Delete the source sandbox once the snapshot is stored.")
 
