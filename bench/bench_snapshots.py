@@ -33,8 +33,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from pulumi_leap0.runner import Runner, SandboxConfig  # noqa: E402
-from pulumi_leap0.runner import sysutil  # noqa: E402
+from pulumi_leap0.runner import (  # noqa: E402
+    Runner,
+    SandboxConfig,
+    sysutil,
+)
 from pulumi_leap0.runner.snapshots import CAPTURED_PARTS  # noqa: E402
 
 TEMPLATE = "system/debian:bookworm"
