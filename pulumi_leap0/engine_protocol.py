@@ -50,7 +50,8 @@ class ProviderProcess:
 
     def __init__(self, env: dict[str, str] | None = None,
                  provider: ResourceProvider | None = None, urn: str | None = None) -> None:
-        """``provider`` (default: the sandbox's) as state would hold it, for ``urn``."""
+        """``provider``: the one pickled into every call's ``__provider`` (a sandbox's by
+        default), as the engine takes it from each resource's state, for ``urn``."""
         self.provider = serialize_provider(provider or SandboxProvider())
         if urn is not None:
             self.urn = urn

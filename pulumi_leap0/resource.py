@@ -1,5 +1,5 @@
-"""The resources, as Pulumi programs write them: ``leap0.Sandbox``, ``leap0.Template`` and
-their argument types.
+"""The resources, as Pulumi programs write them: ``leap0.Sandbox``, ``leap0.Template``,
+``leap0.Snapshot`` and their argument types.
 
 One section per resource (its argument classes, then the resource), after what they share.
 Inputs are named as the API names them; the logic lives in ``provider/``.
@@ -27,12 +27,15 @@ import pulumi
 import pulumi.dynamic
 
 from pulumi_leap0 import spec
+from pulumi_leap0.provider import snapshot as snapshot_provider
 from pulumi_leap0.provider import template as template_provider
 from pulumi_leap0.provider.sandbox import COMPUTED_OUTPUTS, SandboxProvider
+from pulumi_leap0.provider.snapshot import SnapshotProvider
 from pulumi_leap0.provider.template import TemplateProvider
 
 SANDBOX_TYPE = "pulumi-python:dynamic/leap0:Sandbox"
 TEMPLATE_TYPE = "pulumi-python:dynamic/leap0:Template"
+SNAPSHOT_TYPE = "pulumi-python:dynamic/leap0:Snapshot"
 
 
 # --- Shared by every resource ----------------------------------------------------------------
@@ -113,7 +116,8 @@ class MountArgs:
 
 @dataclass
 class SandboxArgs:
-    template_name: pulumi.Input[str]
+    #: Required, unless ``snapshot_name`` is set (the snapshot's template is used then).
+    template_name: pulumi.Input[str] | None = None
     env_vars: pulumi.Input[dict[str, pulumi.Input[str]]] | None = None
     mounts: list[MountArgs] | None = None
     vcpu: pulumi.Input[int] | None = None
@@ -127,6 +131,10 @@ class SandboxArgs:
     #: already match what cannot change in place; its mounts are made to match. Only
     #: read when the resource is created.
     adopt_id: pulumi.Input[str] | None = None
+    #: A snapshot (``leap0.Snapshot``'s ``name``) to restore the sandbox from: its files,
+    #: template, vcpu, memory and environment; those inputs must then be left out.
+    #: Changing it replaces the sandbox.
+    snapshot_name: pulumi.Input[str] | None = None
 
 
 def _prepare(props: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +159,10 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
       is deleted before the error is raised.
     * ``pulumi import`` does not work for dynamic providers (pulumi/pulumi#16175): set
       ``adopt_id`` to take over an existing sandbox, or use :meth:`get` to only read one.
+    * ``snapshot_name`` creates the sandbox by restoring that snapshot: its files, template,
+      vcpu, memory and environment. Setting any of ``template_name``, ``vcpu``, ``memory``
+      or ``env_vars`` beside it fails the check, naming each; their outputs report the
+      snapshot's. Without ``network_policy`` it is allow-all, as for any sandbox.
     * Credentials: ``LEAP0_API_KEY`` / ``LEAP0_BASE_URL``, or stack config ``leap0:apiKey``
       (secret) and ``leap0:baseUrl``.
     """
@@ -169,6 +181,7 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
     created_at: pulumi.Output[str]
     create_timeout: pulumi.Output[float | None]
     adopt_id: pulumi.Output[str | None]
+    snapshot_name: pulumi.Output[str | None]
 
     def __init__(
         self,
@@ -186,6 +199,7 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
         network_policy: NetworkPolicyArgs | dict[str, Any] | None = None,
         create_timeout: pulumi.Input[float] | None = None,
         adopt_id: pulumi.Input[str] | None = None,
+        snapshot_name: pulumi.Input[str] | None = None,
     ) -> None:
         if args is not None:
             given = dict(vars(args))
@@ -194,10 +208,11 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
                 "template_name": template_name, "env_vars": env_vars, "mounts": mounts,
                 "vcpu": vcpu, "memory": memory, "timeout": timeout, "auto_pause": auto_pause,
                 "network_policy": network_policy, "create_timeout": create_timeout,
-                "adopt_id": adopt_id,
+                "adopt_id": adopt_id, "snapshot_name": snapshot_name,
             }
-        if given.get("template_name") is None and (opts is None or opts.id is None):
-            raise TypeError("Sandbox needs template_name")
+        if given.get("template_name") is None and given.get("snapshot_name") is None and (
+                opts is None or opts.id is None):
+            raise TypeError("Sandbox needs template_name (or snapshot_name)")
         props = _prepare(_plain(given))
         # Outputs only exist as attributes when the props name them.
         props = {**dict.fromkeys((*COMPUTED_OUTPUTS, *given)), **props}
@@ -274,3 +289,56 @@ class Template(pulumi.dynamic.Resource, module="leap0", name="Template"):
         props = _mark_secrets(_plain(given), spec.TEMPLATE_SECRET_PATHS)
         props = {**dict.fromkeys(template_provider.COMPUTED_OUTPUTS), **props}
         super().__init__(TemplateProvider(), resource_name, props, opts)
+
+
+# --- Snapshot --------------------------------------------------------------------------------
+
+
+class Snapshot(pulumi.dynamic.Resource, module="leap0", name="Snapshot"):
+    """A snapshot of a Leap0 sandbox: its writable files (home, /tmp, /var/tmp) and its
+    configuration, from which ``leap0.Sandbox(snapshot_name=...)`` restores new sandboxes.
+
+    * Any change of ``sandbox_id``, ``name`` or ``kill_sandbox_after`` replaces it (the old
+      one is deleted first: names are unique in an organization).
+    * Without ``name`` one is chosen once (``snapshot-<hex>``) and kept.
+    * ``kill_sandbox_after`` deletes the source sandbox once the snapshot is stored; a
+      ``leap0.Sandbox`` for it in the same stack is then gone, and refresh drops it.
+    * Refresh finds the snapshot by name through the list call (the API has no call that
+      reads one snapshot) and drops it from the stack when it is gone.
+    * A sandbox restored from it depends on it when its ``snapshot_name`` is this
+      resource's ``name`` output, so ``destroy`` deletes the sandbox first.
+    """
+
+    sandbox_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+    kill_sandbox_after: pulumi.Output[bool]
+    template_id: pulumi.Output[str]
+    vcpu: pulumi.Output[int]
+    memory: pulumi.Output[int]
+    disk: pulumi.Output[int]
+    created_at: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        sandbox_id: pulumi.Input[str] | None = None,
+        name: pulumi.Input[str] | None = None,
+        kill_sandbox_after: pulumi.Input[bool] | None = None,
+    ) -> None:
+        if sandbox_id is None and (opts is None or opts.id is None):
+            raise TypeError("Snapshot needs sandbox_id")
+        props: dict[str, Any] = {
+            **dict.fromkeys(snapshot_provider.COMPUTED_OUTPUTS),
+            "sandbox_id": sandbox_id, "name": name, "kill_sandbox_after": kill_sandbox_after,
+        }
+        super().__init__(SnapshotProvider(), resource_name, props, opts)
+
+    @staticmethod
+    def get(
+        resource_name: str, id: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
+    ) -> Snapshot:
+        """Read an existing snapshot into the program without managing it."""
+        return Snapshot(resource_name, opts=pulumi.ResourceOptions.merge(opts,
+                        pulumi.ResourceOptions(id=id)))

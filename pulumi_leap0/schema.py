@@ -1,4 +1,5 @@
-"""``schema.json``, the Pulumi package schema of ``leap0.Sandbox`` and ``leap0.Template``,
+"""``schema.json``, the Pulumi package schema of ``leap0.Sandbox``, ``leap0.Template`` and
+``leap0.Snapshot``,
 generated from ``spec.py``.
 
 ``python -m pulumi_leap0.schema`` writes it; ``--check`` exits 1 when the committed file
@@ -19,10 +20,12 @@ from pydantic import BaseModel
 from pulumi_leap0 import spec
 from pulumi_leap0.client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from pulumi_leap0.provider.base import CREATE_TIMEOUT_DEFAULT_S
+from pulumi_leap0.provider.sandbox import REPLACES
 
 PACKAGE = "leap0"
 SANDBOX = f"{PACKAGE}:index:Sandbox"
 TEMPLATE = f"{PACKAGE}:index:Template"
+SNAPSHOT = f"{PACKAGE}:index:Snapshot"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.json"
 
 #: Object and enum types, by the spec model or JSON-schema title they come from.
@@ -50,7 +53,9 @@ _LIMIT_WORDS = {
 
 def _describe(schema: dict[str, Any]) -> str:
     text = str(schema.get("description", "")).strip()
-    limits = [words.format(schema[key]) for key, words in _LIMIT_WORDS.items() if key in schema]
+    # An optional field's limits sit on its non-null branch.
+    ruled = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+    limits = [words.format(ruled[key]) for key, words in _LIMIT_WORDS.items() if key in ruled]
     if limits:
         text += f" Must be {', '.join(limits)}."
     if "default" in schema and schema["default"] not in (None, [], {}, ""):
@@ -136,11 +141,44 @@ def _template() -> dict[str, Any]:
     }
 
 
+def _snapshot() -> dict[str, Any]:
+    request = spec.SnapshotCreateRequest.model_json_schema()
+    inputs = {
+        "sandbox_id": {"type": "string", "replaceOnChanges": True,
+                       "description": "The sandbox (`sbx-...`) to snapshot."},
+        **{name: _property(s, replace_on_changes=True)
+           for name, s in request["properties"].items()},
+    }
+    inputs["name"]["description"] += (" When omitted, the provider chooses one once "
+                                      "(`snapshot-<hex>`) and keeps it.")
+    computed = {
+        name: _property(s)
+        for name, s in spec.Snapshot.model_json_schema()["properties"].items()
+        if name in ("template_id", "vcpu", "memory", "disk", "created_at")
+    }
+    return {
+        "description": "A snapshot of a Leap0 sandbox's files and configuration, which "
+        "`Sandbox.snapshot_name` restores. Any change replaces it; refresh finds it by name "
+        f"through the list call. An organization keeps at most {spec.MAX_SNAPSHOTS_PER_ORG}.",
+        "inputProperties": inputs,
+        "requiredInputs": ["sandbox_id"],
+        "properties": {**inputs, **computed},
+        "required": sorted({"sandbox_id", "name", "kill_sandbox_after", *computed}),
+    }
+
+
 def build() -> dict[str, Any]:
     request = spec.SandboxCreateRequest.model_json_schema()
     inputs = {
-        name: _property(s, replace_on_changes=name in spec.REPLACE_ON_CHANGE)
+        name: _property(s, replace_on_changes=name in REPLACES)
         for name, s in request["properties"].items()
+    }
+    inputs["template_name"]["description"] += " Required unless `snapshot_name` is set."
+    inputs["snapshot_name"] = {
+        "type": "string", "replaceOnChanges": True,
+        "description": "A snapshot to restore the sandbox from (files, template, vcpu, "
+        "memory and environment); then " + ", ".join(f"`{n}`" for n in spec.SNAPSHOT_FIXES)
+        + " must not be set. Not sent as a sandbox field: create restores the snapshot.",
     }
     inputs["create_timeout"] = {
         "type": "number",
@@ -197,16 +235,18 @@ def build() -> dict[str, Any]:
         "resources": {
             SANDBOX: {
                 "description": "A Leap0 sandbox. A change to "
-                + ", ".join(f"`{name}`" for name in spec.REPLACE_ON_CHANGE)
+                + ", ".join(f"`{name}`" for name in REPLACES)
                 + " replaces it (the old one is deleted first: an organization holds at most "
                 f"{spec.MAX_SANDBOXES_PER_ORG} sandboxes); mounts change in place.",
                 "inputProperties": inputs,
-                "requiredInputs": sorted(request.get("required", [])),
+                # template_name, unless snapshot_name: the check says which is missing.
+                "requiredInputs": [],
                 "properties": outputs,
                 "required": sorted({*request.get("required", []), *computed,
                                     "vcpu", "memory", "timeout", "auto_pause"}),
             },
             TEMPLATE: _template(),
+            SNAPSHOT: _snapshot(),
         },
         "language": {"python": {"packageName": "pulumi_leap0"}},
     }

@@ -64,6 +64,7 @@ LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX = 20, 100
 MOUNT_TYPE: Literal["object-storage"] = "object-storage"
 SANDBOX_ID_PREFIX = "sbx-"
 MOUNT_ID_PREFIX = "mnt-"
+SNAPSHOT_ID_PREFIX = "snap-"
 
 #: No API call changes these on an existing sandbox: a change to any of them replaces it.
 REPLACE_ON_CHANGE: tuple[str, ...] = (
@@ -745,6 +746,72 @@ class Template(_Model):
     image_config: ImageConfig = Field(description="The image's configuration.")
     is_system: bool = Field(default=False, description="Whether this is a system template.")
     created_at: str = Field(description="When the template was uploaded.")
+# --- Snapshots -----------------------------------------------------------------------------
+
+#: A snapshot's name: what restore and the provider find it by, unique in its organization.
+MAX_SNAPSHOT_NAME_CHARS = 64
+#: Each snapshot holds up to a sandbox's whole disk on the server's own disk: a bound per
+#: organization keeps one tenant from filling it (409 past it, as for a taken name).
+MAX_SNAPSHOTS_PER_ORG = 10
+#: Capturing a sandbox's files, or seeding a new sandbox with them, ends by then (a
+#: sandbox stays frozen while it is captured, so the bound is also how long it may be).
+SNAPSHOT_TIMEOUT_S = 120
+#: What a snapshot fixes in the sandbox restored from it (restore takes no such fields: the
+#: environment is the snapshot's too), so a sandbox made from a snapshot must not set them
+#: (the provider's ``check`` names each one set).
+SNAPSHOT_FIXES: tuple[str, ...] = ("template_name", "vcpu", "memory", "env_vars")
+_SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _snapshot_name(value: str) -> str:
+    if not _SNAPSHOT_NAME_RE.match(value):
+        raise _fail("snapshot_name", "must start with a letter or digit and hold only "
+                    "letters, digits, '.', '_' and '-'")
+    return value
+
+
+SnapshotName = Annotated[
+    str, Field(min_length=1, max_length=MAX_SNAPSHOT_NAME_CHARS), AfterValidator(_snapshot_name)
+]
+
+
+class SnapshotCreateRequest(_Model):
+    """The body of ``POST /v1/sandbox/{id}/snapshot/create``."""
+
+    name: SnapshotName | None = Field(
+        default=None, description="Snapshot name, unique in the organization: letters, "
+        "digits, '.', '_' and '-', starting with a letter or digit; Leap0 generates one when "
+        "omitted.")
+    kill_sandbox_after: bool = Field(
+        default=False, description="Delete the source sandbox once the snapshot is stored.")
+
+
+class Snapshot(_Model):
+    """A snapshot as the API returns it (create and list)."""
+
+    id: str = Field(description="Unique snapshot identifier.")
+    name: str = Field(description="Snapshot name.")
+    template_id: str = Field(description="Template the snapshot was created from.")
+    vcpu: int = Field(description="Number of virtual CPUs stored with the snapshot.")
+    memory: int = Field(description="Memory stored with the snapshot, in MiB.")
+    disk: int = Field(description="Writable disk size stored with the snapshot, in MiB.")
+    network_policy: NetworkPolicy | None = Field(default=None)
+    created_at: str = Field(description="ISO 8601 timestamp of when the snapshot was created.")
+
+
+class SnapshotList(_Model):
+    items: list[Snapshot]
+    total_items: int
+
+
+class SnapshotRestoreRequest(_Model):
+    """The body of ``POST /v1/snapshot/restore``: template, vcpu, memory, disk, environment
+    and files come from the snapshot; a network policy given here replaces its one."""
+
+    snapshot_name: SnapshotName
+    timeout: int = Field(default=TIMEOUT_DEFAULT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    auto_pause: bool = AUTO_PAUSE_DEFAULT
+    network_policy: NetworkPolicy | None = None
 
 
 # --- Errors --------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from pulumi_leap0.runner.errors import (
 from pulumi_leap0.runner.filecalls import FileReader
 from pulumi_leap0.runner.images import BasicCredentials, Image, ImageStore, PullError
 from pulumi_leap0.runner.network import EgressSettings
+from pulumi_leap0.runner.snapshots import SeedTooLarge
 from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "SandboxConfig",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
+    "SeedTooLarge",
     "make_runner",
 ]
 
@@ -83,9 +85,10 @@ def capability_report(runner: Runner) -> dict[str, object]:
 # --- Configs --------------------------------------------------------------------------------
 
 
-def sandbox_config(record: SandboxRecord, image: Image | None = None) -> SandboxConfig:
+def sandbox_config(record: SandboxRecord, image: Image | None = None, *,
+                   seed: Path | None = None) -> SandboxConfig:
     """``image``: the root of the sandbox's user template (``image_of``), None for a
-    system template."""
+    system template; ``seed``: a snapshot's archive, for a sandbox restored from it."""
     return SandboxConfig(
         id=record.id,
         template=record.template_name,
@@ -96,6 +99,7 @@ def sandbox_config(record: SandboxRecord, image: Image | None = None) -> Sandbox
         network_policy=record.network_policy or spec.NetworkPolicy(mode="allow-all"),
         mounts=[mount_config(m) for m in record.mounts],
         disk_mib=record.disk,
+        seed=seed,
     )
 
 
@@ -339,3 +343,6 @@ def has_image(runner: Runner, digest: str) -> bool:
 
 def remove_image(runner: Runner, digest: str) -> None:
     runner.images.remove(digest)
+def snapshot(runner: Runner, sandbox_id: str, dest: Path, *, keep_frozen: bool) -> int:
+    """The sandbox's files into ``dest``, a private file of the backend's; its size."""
+    return runner.snapshot(sandbox_id, dest, keep_frozen=keep_frozen)

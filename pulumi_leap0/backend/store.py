@@ -79,6 +79,22 @@ CREATE TABLE IF NOT EXISTS templates (
     created_ts REAL NOT NULL,
     UNIQUE (org_id, name)
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    template_name TEXT NOT NULL,
+    vcpu INTEGER NOT NULL,
+    memory INTEGER NOT NULL,
+    disk INTEGER NOT NULL,
+    env_vars TEXT NOT NULL,
+    network_policy TEXT,
+    ready INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    UNIQUE (org_id, name)
+);
 """
 #: Columns added after the first release, for files made before them.
 _MIGRATIONS = (("sandboxes", "template_id", "TEXT"),)
@@ -104,6 +120,10 @@ def new_mount_id() -> str:
 
 def new_template_id() -> str:
     return spec.TEMPLATE_ID_PREFIX + uuid.uuid4().hex[:20]
+
+
+def new_snapshot_id() -> str:
+    return spec.SNAPSHOT_ID_PREFIX + uuid.uuid4().hex[:20]
 
 
 def iso(ts: float) -> str:
@@ -235,12 +255,49 @@ def public_network_policy(policy: spec.NetworkPolicy | None) -> spec.NetworkPoli
     return policy.model_copy(update={"transforms": transforms})
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """A snapshot: the configuration it restores (env values and header values included,
+    like a sandbox's) beside its archive (``Lifecycle`` knows where that is). ``ready`` is
+    false while it is being made: the name is taken, nothing can restore it yet."""
+
+    id: str
+    org_id: str
+    name: str
+    template_name: str
+    vcpu: int
+    memory: int
+    disk: int
+    env_vars: dict[str, str]
+    network_policy: spec.NetworkPolicy | None
+    ready: bool
+    size_bytes: int
+    created_at: str
+    created_ts: float
+
+    def public(self) -> spec.Snapshot:
+        return spec.Snapshot(
+            id=self.id, name=self.name, template_id=self.template_name, vcpu=self.vcpu,
+            memory=self.memory, disk=self.disk, created_at=self.created_at,
+            network_policy=public_network_policy(self.network_policy),
+        )
+
+
+class SnapshotConflict(Exception):
+    """A name taken in the organization, or the organization at its snapshot limit."""
+
+
 _SANDBOX_COLUMNS = (
     "id, org_id, template_name, vcpu, memory, disk, timeout, auto_pause, env_vars, "
     "network_policy, state, created_at, created_ts, state_changed_at, launch_time, deadline_ts"
 )
 _TEMPLATE_COLUMNS = "id, org_id, name, uri, digest, image_config, created_at"
 _SORT_COLUMNS: Final = {"created_at": "created_ts", "state": "state"}
+_SNAPSHOT_COLUMNS = (
+    "id, org_id, name, template_name, vcpu, memory, disk, env_vars, network_policy, ready, "
+    "size_bytes, created_at, created_ts"
+)
+_SNAPSHOT_SORT_COLUMNS: Final = {"created_at": "created_ts", "template_id": "template_name"}
 
 
 class Store:
@@ -618,8 +675,103 @@ class Store:
             "SELECT DISTINCT digest FROM templates WHERE digest IS NOT NULL")}
 
 
+    # --- Snapshots ----------------------------------------------------------------------------
+
+    def insert_snapshot(self, sandbox: SandboxRecord, name: str | None,
+                        limit: int = spec.MAX_SNAPSHOTS_PER_ORG) -> SnapshotRecord:
+        """A snapshot of ``sandbox``'s configuration, not yet ready: the name and a place
+        under the organization's limit are taken in the same transaction, so two creates
+        cannot both get one name or overshoot the limit."""
+        snapshot_id = new_snapshot_id()
+        name = name or snapshot_id
+        now = time.time()
+        with self._transaction() as db:
+            (existing,) = db.execute(
+                "SELECT COUNT(*) FROM snapshots WHERE org_id = ?", (sandbox.org_id,)
+            ).fetchone()
+            if existing >= limit:
+                raise SnapshotConflict(
+                    f"snapshot limit reached: an organization may keep at most {limit} "
+                    "snapshots; delete one first")
+            if db.execute("SELECT 1 FROM snapshots WHERE org_id = ? AND name = ?",
+                          (sandbox.org_id, name)).fetchone():
+                raise SnapshotConflict("a snapshot of this name already exists")
+            policy = sandbox.network_policy
+            db.execute(
+                f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+                (snapshot_id, sandbox.org_id, name, sandbox.template_name, sandbox.vcpu,
+                 sandbox.memory, sandbox.disk, json.dumps(sandbox.env_vars),
+                 policy.model_dump_json() if policy else None, iso(now), now),
+            )
+        record = self.get_snapshot(snapshot_id, ready_only=False)
+        assert record is not None
+        return record
+
+    def snapshot_ready(self, snapshot_id: str, size_bytes: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE snapshots SET ready = 1, size_bytes = ? WHERE id = ?",
+                       (size_bytes, snapshot_id))
+
+    def get_snapshot(self, snapshot_id: str, org_id: str | None = None, *,
+                     ready_only: bool = True) -> SnapshotRecord | None:
+        rows = self._query(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?",
+                           (snapshot_id,))
+        record = _snapshot(rows[0]) if rows else None
+        if record is None or (org_id is not None and record.org_id != org_id) or (
+                ready_only and not record.ready):
+            return None
+        return record
+
+    def snapshot_by_name(self, org_id: str, name: str) -> SnapshotRecord | None:
+        rows = self._query(
+            f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE org_id = ? AND name = ? "
+            "AND ready = 1", (org_id, name))
+        return _snapshot(rows[0]) if rows else None
+
+    def list_snapshots(self, org_id: str, *, query: str, sort: str, descending: bool,
+                       page: int, page_size: int) -> tuple[list[SnapshotRecord], int]:
+        # instr, not LIKE: a name's '%' and '_' are letters to the caller, not wildcards.
+        where = "org_id = ? AND ready = 1 AND instr(lower(name), lower(?)) > 0"
+        args: list[Any] = [org_id, query]
+        direction = "DESC" if descending else "ASC"
+        order = (f"{_SNAPSHOT_SORT_COLUMNS[sort]} {direction}, created_ts {direction}, "
+                 f"id {direction}")
+        offset = (page - 1) * page_size
+        with self._lock:
+            (total,) = self._db.execute(
+                f"SELECT COUNT(*) FROM snapshots WHERE {where}", args).fetchone()
+            if offset >= total:
+                return [], int(total)
+            rows = self._db.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} ORDER BY {order} "
+                "LIMIT ? OFFSET ?", [*args, page_size, offset]).fetchall()
+        return [_snapshot(row) for row in rows], int(total)
+
+    def all_snapshots(self) -> list[SnapshotRecord]:
+        """Every snapshot of every organization, made or being made (startup)."""
+        rows = self._query(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots")
+        return [_snapshot(row) for row in rows]
+
+    def forget_snapshot(self, snapshot_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+
 class MountConflict(Exception):
     pass
+
+
+def _snapshot(row: sqlite3.Row) -> SnapshotRecord:
+    policy = row["network_policy"]
+    return SnapshotRecord(
+        id=row["id"], org_id=row["org_id"], name=row["name"],
+        template_name=row["template_name"], vcpu=row["vcpu"], memory=row["memory"],
+        disk=row["disk"], env_vars=json.loads(row["env_vars"]),
+        network_policy=spec.NetworkPolicy.model_validate_json(policy) if policy else None,
+        ready=bool(row["ready"]), size_bytes=row["size_bytes"], created_at=row["created_at"],
+        created_ts=row["created_ts"],
+    )
 
 
 def _claim_memory(db: sqlite3.Connection, memory: int, capacity: int | None) -> None:

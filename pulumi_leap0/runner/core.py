@@ -63,6 +63,7 @@ from pulumi_leap0.runner import (
     mounts,
     network,
     seccomp,
+    snapshots,
     state,
     sysutil,
     templates,
@@ -247,6 +248,7 @@ class Runner:
             old = identity.HostIdentity(kept.host_uid, kept.host_gid, dedicated=True)
             identity.reown(rt / "layer", old, owner)
             self._records.put(dataclasses.replace(kept, host_uid=owner.uid, host_gid=owner.gid))
+        fresh = not (rt / "layer").is_dir()
         writable = layer.make_layer(rt, config.disk_mib or template.disk_mib, owner,
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
@@ -257,6 +259,10 @@ class Runner:
         rel = self._cg(config.id)
         self._cgroups.remove(rel)  # leftovers of a crashed earlier run
         self._cgroups.create(rel, Limits(vcpu=config.vcpu, memory_mib=config.memory_mib))
+        if config.seed is not None and fresh:
+            # In the sandbox's cgroups, as its uid: its memory pays for its files.
+            snapshots.seed(config.seed, writable, owner, self._cgroups.procs_files(rel),
+                           timeout=spec.SNAPSHOT_TIMEOUT_S)
         net: network.NetworkHandle | None = None
         if self._netns:
             net = network.setup(config.id, config.network_policy, state_dir, scope=self.scope,
@@ -351,6 +357,44 @@ class Runner:
     def is_frozen(self, sandbox_id: str) -> bool:
         check_id(sandbox_id)
         return self._cgroups.is_frozen(self._cg(sandbox_id))
+
+    # --- Snapshots ------------------------------------------------------------------------
+
+    def snapshot(self, sandbox_id: str, dest: Path, *, keep_frozen: bool = False,
+                 timeout: float = spec.SNAPSHOT_TIMEOUT_S) -> int:
+        """The sandbox's writable layer as an archive at ``dest`` (``snapshots.capture``),
+        taken frozen so that it is one moment's files; returns the archive's size.
+
+        A paused sandbox stays paused; a running one is thawed after, unless
+        ``keep_frozen`` and the snapshot was made (it is about to be destroyed). The one
+        place that knows where the writable files are: ``seed`` (``SandboxConfig.seed``)
+        is its other half.
+        """
+        box = self._require(sandbox_id)
+        rel = self._cg(box.id)
+        with self._id_lock(box.id):
+            was_frozen = self._cgroups.is_frozen(rel)
+            if not was_frozen and not self._cgroups.freeze(rel):
+                self._cgroups.thaw(rel)
+                raise RunnerError("the sandbox did not freeze in time")
+            try:
+                writable = self._records.runtime(box.id) / "layer"
+                limit = self._disk_bytes(writable) + snapshots.HEADER_ALLOWANCE_BYTES
+                size = snapshots.capture(writable, dest, limit=limit, timeout=timeout)
+            except BaseException:
+                if not was_frozen:  # a failed snapshot leaves the sandbox as it found it
+                    self._cgroups.thaw(rel)
+                raise
+            if not (was_frozen or keep_frozen):
+                self._cgroups.thaw(rel)
+            return size
+
+    @staticmethod
+    def _disk_bytes(writable: Path) -> int:
+        """The layer's size limit (its tmpfs's size); a plain directory, without root,
+        has none but the file system it is on."""
+        fs = os.statvfs(writable)
+        return fs.f_blocks * fs.f_frsize
 
     # --- Teardown -------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.errors import RunnerError
@@ -47,7 +48,9 @@ class SandboxConfig:
     to ``network.setup`` untouched. ``None`` means the contract default (allow-all).
     ``disk_mib`` overrides the template's writable-layer size. ``image``: the root of a
     user template (a container image, ``images.Image``), ``template`` then only its name;
-    without it ``template`` names a system template of the runner's registry.
+    without it ``template`` names a system template of the runner's registry. ``seed`` is a
+    snapshot's archive (``Runner.snapshot``): a fresh writable layer starts with its files,
+    unpacked before the init starts and counted against ``disk_mib``.
     """
 
     id: str
@@ -59,6 +62,7 @@ class SandboxConfig:
     mounts: Sequence[MountConfig] = ()
     disk_mib: int | None = None
     image: Image | None = None
+    seed: Path | None = None
 
     def __post_init__(self) -> None:
         # Callers pass lists and dicts; freeze them so a config cannot change under a start.
