@@ -253,8 +253,6 @@ class Runner:
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
         staging = layer.make_staging(rt, privileged=self._privileged)
-        root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
-                if template.image else None)
 
         rel = self._cg(config.id)
         self._cgroups.remove(rel)  # leftovers of a crashed earlier run
@@ -262,7 +260,9 @@ class Runner:
         if config.seed is not None and fresh:
             # In the sandbox's cgroups, as its uid: its memory pays for its files.
             snapshots.seed(config.seed, writable, owner, self._cgroups.procs_files(rel),
-                           timeout=spec.SNAPSHOT_TIMEOUT_S)
+                           timeout=spec.SNAPSHOT_TIMEOUT_S, image=bool(template.image))
+        root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
+                if template.image else None)
         net: network.NetworkHandle | None = None
         if self._netns:
             net = network.setup(config.id, config.network_policy, state_dir, scope=self.scope,

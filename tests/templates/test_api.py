@@ -278,3 +278,36 @@ def test_a_sandbox_of_a_template_starts_again_after_a_restart(registries: Regist
             assert again.json()["stdout"] == f"kept\n{GREETING}{IMAGE_UID}\n"
             assert api.delete(f"/v1/sandbox/{box['id']}/").status_code == 204
             assert api.delete(f"/v1/template/{made.json()['id']}").status_code == 204
+
+
+def test_a_snapshot_of_an_image_sandbox_restores_on_the_image_with_its_changes(
+        backend: BackendServer, api_key: str, registries: Registries) -> None:
+    with sdk(backend, api_key) as leap0:
+        name = _name()
+        template = leap0.templates.create(name=name, uri=registries.uri())
+        box = leap0.sandboxes.create(template_name=name, network_policy={"mode": "deny-all"})
+        restored = None
+        try:
+            # One change in the image's own tree (its working dir, the overlay's upper
+            # layer), one in home.
+            setup = box.process.execute(command="set -e; echo added > /app/added; "
+                                        "echo kept > $HOME/notes")
+            assert setup.exit_code == 0, setup.stderr
+            snapshot = box.create_snapshot(name=_name("snap"))
+            restored = leap0.snapshots.restore(snapshot_name=snapshot.name)
+            run = restored.process.execute(command="id -u; pwd; cat /app/greeting /app/added "
+                                           "$HOME/notes")
+            assert run.exit_code == 0, run.stderr
+            assert run.stdout.splitlines() == [str(IMAGE_UID), "/app", GREETING.strip(),
+                                               "added", "kept"]
+            leap0.sandboxes.delete(restored.id)
+            restored = None
+            leap0.snapshots.delete(snapshot.id)
+        finally:
+            if restored is not None:
+                leap0.sandboxes.delete(restored.id)
+            leap0.sandboxes.delete(box.id)
+        # The shared image never saw either change.
+        rootfs = backend.data_dir / "images" / template.digest.split(":")[1] / "rootfs"
+        assert not (rootfs / "app" / "added").exists()
+        leap0.templates.delete(template.id)
