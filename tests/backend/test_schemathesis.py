@@ -53,6 +53,18 @@ OPERATIONS = [
     "filesystemReadFile",
     "filesystemDelete",
     "filesystemExists",
+    "filesystemWriteFiles",
+    "filesystemReadFiles",
+    "filesystemSetPermissions",
+    "filesystemGlob",
+    "filesystemGrep",
+    "filesystemEditFile",
+    "filesystemEditFiles",
+    "filesystemMove",
+    "filesystemCopy",
+    "filesystemTree",
+    "getSandboxUserHomeDir",
+    "getSandboxWorkdir",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
