@@ -131,11 +131,23 @@ def grep(root: int, path: str, pattern: str, include: str | None, exclude: Seque
         regex = re.compile(pattern)
     except (re.error, RecursionError, OverflowError):
         raise files.Refused("pattern", "is not a valid regular expression") from None
+    # One scan of a whole file first, in re's C loop, rules out most files at once: a line
+    # that matches matches the whole text in MULTILINE mode, except for patterns that look
+    # at what ends a line (\A, \Z, lookarounds, a newline), which skip this.
+    line_bound = any(mark in pattern for mark in ("\\A", "\\Z", "(?!", "(?<", "\\n", "\n"))
+    anywhere = None if line_bound else re.compile(pattern, re.MULTILINE)
     wanted = None if not include else re.compile(fnmatch.translate(include)).match
     found: list[dict[str, Any]] = []
 
     def search(fd: int, shown: str) -> None:
-        for number, line in _lines(fd, max_file_bytes):
+        text = _text_of(fd, max_file_bytes)
+        if text is None:
+            return
+        # "$" before a "\r\n" matches only once the line is cut: no quick check there.
+        quick = anywhere is not None and not ("$" in pattern and "\r" in text)
+        if quick and anywhere is not None and not anywhere.search(text):
+            return
+        for number, line in _lines(text):
             if len(found) >= bounds.results:
                 return
             if regex.search(line):
@@ -178,9 +190,9 @@ class _Fd:
         os.close(self.fd)
 
 
-def _lines(fd: int, max_bytes: int) -> Iterator[tuple[int, str]]:
-    """The file's lines, numbered from 1, as text (bytes that are not UTF-8 kept as
-    surrogates); nothing for a binary file or one past ``max_bytes``."""
+def _text_of(fd: int, max_bytes: int) -> str | None:
+    """The file as text (bytes that are not UTF-8 kept as surrogates); None for a binary
+    file or one past ``max_bytes``."""
     os.set_blocking(fd, True)
     data = os.read(fd, max_bytes + 1)
     while len(data) <= max_bytes:
@@ -189,8 +201,12 @@ def _lines(fd: int, max_bytes: int) -> Iterator[tuple[int, str]]:
             break
         data += more
     if len(data) > max_bytes or b"\0" in data[:_BINARY_PROBE]:
-        return
-    text = data.decode("utf-8", "surrogateescape")
+        return None
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """``text``'s lines, numbered from 1, without their line ends."""
     if text.endswith("\n"):
         text = text[:-1]
     for number, line in enumerate(text.split("\n"), start=1):
