@@ -76,6 +76,11 @@ def test_batches_fail_whole_naming_the_file(box: Any, backend: BackendServer,
         answer = raw.post(f"/v1/sandbox/{box.id}/filesystem/write-files",
                           content=b"not multipart")
         assert answer.status_code == 400 and "multipart" in answer.text
+        broken = raw.post(f"/v1/sandbox/{box.id}/filesystem/write-files",
+                          headers={"content-type": "multipart/form-data; boundary=b"},
+                          content=b"--b\r\nTrue--b--\r\n")
+        assert broken.status_code == 400, broken.text
+        assert broken.json()["errors"][0]["field"] == "body"
 
 
 def test_set_permissions(box: Any) -> None:

@@ -18,6 +18,7 @@ from fastapi import Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import errors, models, runtime
@@ -110,8 +111,10 @@ async def fs_write_files(request: Request, scope: InSandbox) -> Response:
         form = await request.form(max_files=spec.MAX_BATCH_FILES,
                                   max_fields=spec.MAX_BATCH_FILES,
                                   max_part_size=spec.MAX_WRITE_FILE_BYTES)
-    except (ValueError, KeyError, AssertionError):
-        raise errors.invalid("body", "must be valid multipart/form-data") from None
+    except (HTTPException, ValueError, KeyError, AssertionError):
+        # Starlette answers a malformed body with a bare 400: this one names the field.
+        raise errors.invalid("body", "must be valid multipart/form-data, at most "
+                             f"{spec.MAX_BATCH_FILES} parts") from None
     try:
         names = [name for name, _ in form.multi_items()]
         spec.validate(_WriteFilesParts, {"files": names})
