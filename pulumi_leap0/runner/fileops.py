@@ -80,7 +80,7 @@ def _id_of(field: str, value: str, known: dict[int, str]) -> int:
 
 
 def edit_file(root: int, path: str, edits: Sequence[tuple[str, str]], *,
-              max_bytes: int) -> dict[str, Any]:
+              max_bytes: int, diff: bool = True) -> dict[str, Any]:
     """Each edit replaces every occurrence of its ``find``, in order; all or nothing. The
     file is changed in place (its inode, owner, mode and links stay), after its new size is
     reserved, so a full disk refuses the edit before any byte changes."""
@@ -112,7 +112,7 @@ def edit_file(root: int, path: str, edits: Sequence[tuple[str, str]], *,
             while at < len(view):
                 at += os.pwrite(fd, view[at:], at)
             os.ftruncate(fd, len(new))
-        return {"diff": _diff(path, old, new), "replacements": total}
+        return {"diff": _diff(path, old, new) if diff else "", "replacements": total}
 
 
 @contextlib.contextmanager
@@ -152,7 +152,7 @@ def edit_files(root: int, paths: Sequence[str], find: str, replace: str, *,
     items: list[dict[str, Any]] = []
     for path in paths:
         try:
-            edit_file(root, path, [(find, replace)], max_bytes=max_bytes)
+            edit_file(root, path, [(find, replace)], max_bytes=max_bytes, diff=False)
         except files.Refused as exc:
             message = "find was not found in the file" if exc.field.startswith("edits") else (
                 exc.message)
