@@ -187,7 +187,7 @@ def move(root: int, src: str, dst: str, *, overwrite: bool, deadline: float,
     if _inside(dst, src):
         raise files.Refused("dst_path", "is src_path or inside it")
     with files.blame("src_path"), _parent(root, src, "moved") as (spfd, sname):
-        os.stat(sname, dir_fd=spfd, follow_symlinks=False)
+        st = os.stat(sname, dir_fd=spfd, follow_symlinks=False)
         with files.blame("dst_path"), _parent(root, dst, "moved onto") as (dpfd, dname):
             try:
                 if overwrite:
@@ -200,6 +200,17 @@ def move(root: int, src: str, dst: str, *, overwrite: bool, deadline: float,
                     raise files.Refused("dst_path", "is a directory that is not empty") from None
                 if exc.errno != errno.EXDEV:
                     raise
+            if stat_mod.S_ISLNK(st.st_mode):  # a symlink moves as itself, never followed
+                temp = _temp_name(dname)
+                os.symlink(os.readlink(sname, dir_fd=spfd), temp, dir_fd=dpfd)
+                try:
+                    _place(dpfd, temp, dname, _lstat(dpfd, dname) if overwrite else None,
+                           max_depth)
+                except BaseException:
+                    os.unlink(temp, dir_fd=dpfd)
+                    raise
+                os.unlink(sname, dir_fd=spfd)
+                return
     copy(root, src, dst, recursive=True, overwrite=overwrite, deadline=deadline,
          max_entries=max_entries, max_depth=max_depth, follow=False)
     with files.blame("src_path"):

@@ -174,6 +174,9 @@ def test_move_and_copy(box: Any) -> None:
     assert taken.value.status_code == 409
     fs.move(src_path="/home/user/d/one", dst_path="/tmp/d5/one", overwrite=True)
     assert fs.read_file(path="/tmp/d5/one") == "1"
+    fs.move(src_path="/home/user/d/link", dst_path="/tmp/link")  # a symlink, as itself
+    assert _run(box, "readlink /tmp/link; test ! -L /home/user/d/link && echo gone") == (
+        "one\ngone\n")
 
 
 def test_user_home_dir_and_workdir(box: Any, client: Any) -> None:
