@@ -129,6 +129,9 @@ def _keep_local(body: Any) -> None:
                 mount["endpoint"] = LOCAL_ENDPOINT
 
 
+# One test item for every operation's cases: 12 cases each of 30 operations over real
+# sandboxes take longer than the suite's 300 s per test on a loaded 2-core machine.
+@pytest.mark.timeout(1200)
 @schema.parametrize()
 @settings(
     max_examples=12,
