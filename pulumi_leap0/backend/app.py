@@ -27,6 +27,7 @@ from pulumi_leap0.backend.routes import (
     process,
     sandboxes,
     snapshots,
+    system,
     templates,
 )
 from pulumi_leap0.backend.store import DB_FILE_NAME, Store
@@ -46,6 +47,7 @@ ROUTERS: list[APIRouter] = [
     filesystem.router,
     templates.router,
     snapshots.router,
+    system.router,
 ]
 
 

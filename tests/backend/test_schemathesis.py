@@ -57,6 +57,18 @@ OPERATIONS = [
     "listSnapshots",
     "deleteSnapshot",
     "restoreSnapshot",
+    "filesystemWriteFiles",
+    "filesystemReadFiles",
+    "filesystemSetPermissions",
+    "filesystemGlob",
+    "filesystemGrep",
+    "filesystemEditFile",
+    "filesystemEditFiles",
+    "filesystemMove",
+    "filesystemCopy",
+    "filesystemTree",
+    "getSandboxUserHomeDir",
+    "getSandboxWorkdir",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -123,6 +135,9 @@ def _keep_local(body: Any) -> None:
                 mount["endpoint"] = LOCAL_ENDPOINT
 
 
+# One test item for every operation's cases: 12 cases each of 30 operations over real
+# sandboxes take longer than the suite's 300 s per test on a loaded 2-core machine.
+@pytest.mark.timeout(1200)
 @schema.parametrize()
 @settings(
     max_examples=12,
