@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -53,6 +54,8 @@ __all__ = [
     "make_runner",
 ]
 
+
+log = logging.getLogger("leap0.backend")
 
 #: The runner the backend drives. The real class, not a Protocol: go-to-definition on
 #: ``lifecycle.runner.start`` lands on the code that makes the sandbox, and mypy checks every
@@ -320,7 +323,7 @@ def pull_image(runner: Runner, body: spec.TemplateUploadRequest) -> Image:
             raise invalid("credentials.type", f"this backend cannot pull with "
                           f"{body.credentials.type} credentials (they need "
                           f"{_UNSERVED_CREDENTIALS[body.credentials.type]}'s token "
-                          "exchange); use basic credentials")
+                          "exchange), only with basic ones")
         assert body.credentials.username and body.credentials.password
         credentials = BasicCredentials(body.credentials.username, body.credentials.password)
     try:
@@ -330,6 +333,9 @@ def pull_image(runner: Runner, body: spec.TemplateUploadRequest) -> Image:
                                   max_mib=spec.MAX_TEMPLATE_IMAGE_MIB)
     except PullError as exc:
         raise invalid(exc.field, exc.message) from None
+    except RunnerError as exc:  # our side: the store, the scratch tmpfs
+        log.error("an upload failed: %s", exc)
+        raise ApiError(503, "the image could not be stored; try again later") from None
 
 
 def image_config(image: Image) -> spec.ImageConfig:

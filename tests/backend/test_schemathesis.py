@@ -71,6 +71,7 @@ OPERATIONS = [
     "getSandboxWorkdir",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
+LOCAL_IMAGE = "127.0.0.1:9/fuzz/image:v1"
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
@@ -128,6 +129,10 @@ def _keep_local(body: Any) -> None:
         return
     if isinstance(body.get("endpoint"), str):
         body["endpoint"] = LOCAL_ENDPOINT
+    if isinstance(body.get("uri"), str):
+        # A template upload pulls from the registry a uri names: only from this host's
+        # discard port here, so that the fuzzer makes the backend dial nowhere else.
+        body["uri"] = LOCAL_IMAGE
     mounts = body.get("mounts")
     if isinstance(mounts, list):
         for mount in mounts:
