@@ -148,13 +148,14 @@ class Stack:
         parsed: dict[str, Any] = json.loads(self.run(*args, capture=True).stdout)
         return parsed
 
-    def export(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.run("stack", "export", capture=True).stdout)
+    def export(self, show_secrets: bool = False) -> dict[str, Any]:
+        args = ["stack", "export", *(["--show-secrets"] if show_secrets else [])]
+        parsed: dict[str, Any] = json.loads(self.run(*args, capture=True).stdout)
         return parsed
 
-    def resources(self, type_: str) -> list[dict[str, Any]]:
+    def resources(self, type_: str, show_secrets: bool = False) -> list[dict[str, Any]]:
         """The resources of ``type_`` in the stack's state."""
-        deployment = self.export().get("deployment", {})
+        deployment = self.export(show_secrets).get("deployment", {})
         return [r for r in deployment.get("resources") or [] if r.get("type") == type_]
 
 

@@ -8,7 +8,6 @@ import json
 from pulumi_leap0.client import Leap0Client
 from pulumi_leap0.pulumi_cli import Stack
 from tests.cli.conftest import NewStack, sandboxes, steps
-from tests.fixtures.backend import BackendServer
 from tests.fixtures.s3 import S3
 
 
