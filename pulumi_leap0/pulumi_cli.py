@@ -117,8 +117,8 @@ class Stack:
 
     # --- The commands the tests use ---------------------------------------------------------
 
-    def init(self, config: Mapping[str, str] = {},  # noqa: B006 (read only)
-             secrets: Mapping[str, str] = {}) -> None:  # noqa: B006
+    def init(self, config: Mapping[str, str] = {},
+             secrets: Mapping[str, str] = {}) -> None:
         self.run("stack", "init")
         for key, value in config.items():
             self.run("config", "set", key, value)
