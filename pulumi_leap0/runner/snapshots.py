@@ -4,9 +4,10 @@ What is captured: the layer's ``home``, ``tmp`` and ``vartmp`` (``/home/<user>``
 ``/var/tmp``), and for a sandbox of a container image the overlay's ``upper`` directory
 (what it changed anywhere in ``/``, its home included); ``shm`` is shared memory, not files
 anyone keeps. overlayfs records a deleted image file in ``upper`` as a 0/0 device (a
-whiteout); the unpacker drops devices, so such a file is back after a restore. The layer is the tenant's,
-and the tenant is hostile, so both directions are built so that nothing in it can make the
-host act outside it:
+whiteout); the unpacker drops devices, so such a file is back after a restore.
+
+The layer is the tenant's, and the tenant is hostile, so both directions are built so that
+nothing in it can make the host act outside it:
 
 * ``capture`` runs GNU ``tar --create`` as root over the frozen layer (``Runner.snapshot``
   freezes the sandbox first, so nothing changes under it). Why tar: it is the well-kept
@@ -182,7 +183,7 @@ def seed(archive: Path, layer: Path, owner: HostIdentity, cgroup_procs: Sequence
     The upper directory is the owner's while the unpacker fills it, then root's again (it
     is the sandbox's ``/``): what the image had as root's and the sandbox had changed comes
     back as the sandbox user's, in its own sandbox only."""
-    parts = CAPTURED_PARTS
+    parts: tuple[str, ...] = CAPTURED_PARTS
     upper = layer / UPPER_PART
     if image:
         parts = (*CAPTURED_PARTS, UPPER_PART)
