@@ -18,7 +18,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pulumi_leap0.runner import files, launch, seccomp, sysutil
@@ -37,13 +37,15 @@ CALL_PREFIX = "x-"
 
 
 def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int, workdir: str,
-              env: Mapping[str, str], command: str) -> list[str]:
+              env: Mapping[str, str], command: str | Sequence[str]) -> list[str]:
+    """The chain into the sandbox; ``command`` is a shell command, or a program's argv."""
+    program = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     return [*launch.join_cgroups(cgroup_procs),
             "nsenter", f"--target={init_pid}", "--user", "--mount", "--uts", "--ipc",
             "--net", "--pid", "--cgroup", "--root", "--wd",
             f"--setuid={uid}", f"--setgid={uid}", "--",
             "/usr/bin/env", "-i", f"--chdir={workdir}", "--",
-            *(f"{k}={v}" for k, v in env.items()), "/bin/sh", "-c", command]
+            *(f"{k}={v}" for k, v in env.items()), *program]
 
 
 def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, command: str, *,
