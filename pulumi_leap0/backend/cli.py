@@ -105,6 +105,7 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
            call_timeout_s: float | None = None, max_memory_mib: int | None = None) -> int:
     import uvicorn
 
+    from pulumi_leap0 import spec
     from pulumi_leap0.backend import runtime
     from pulumi_leap0.backend.app import create_app
     from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S
@@ -128,6 +129,10 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
         http="auto",
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # PTY connections (the only WebSockets): the sans-I/O websockets protocol, and no
+        # message larger than a terminal's input bound (larger ones close with 1009).
+        ws="websockets-sansio",
+        ws_max_size=spec.MAX_PTY_INPUT_BYTES,
     )
     server = uvicorn.Server(config)
     server.run()

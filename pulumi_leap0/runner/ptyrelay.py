@@ -18,6 +18,7 @@ the shell's process group gets SIGHUP, as from a terminal hung up. Standard libr
 and Python 3.9 syntax at most: it runs on whatever ``python3`` the template has.
 """
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -108,10 +109,8 @@ def _relay(master: int) -> None:
             else:
                 shell_open = False
         if master in writable:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 del to_shell[:os.write(master, to_shell)]
-            except BlockingIOError:
-                pass
         if 1 in writable:
             try:
                 del to_host[:os.write(1, to_host)]
@@ -138,10 +137,8 @@ def _take_frames(incoming: bytearray, to_shell: bytearray, master: int) -> None:
 
 def _hang_up(pid: int) -> None:
     for sig in (signal.SIGHUP, signal.SIGCONT):
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(pid, sig)
-        except OSError:
-            pass
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         try:
@@ -151,11 +148,9 @@ def _hang_up(pid: int) -> None:
         if done:
             return
         time.sleep(0.01)
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

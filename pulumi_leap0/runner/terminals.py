@@ -77,6 +77,15 @@ class Terminal:
     def active(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def open_pipes(self) -> tuple[int, int]:
+        """Copies of the relay's (input, output) pipe ends, the caller's to close: the
+        session's delete closes the runner's own, and a number closed under a reader could
+        name another session's pipe by the time it reads."""
+        with self.lock:
+            if not self.active:
+                raise TerminalConflictError("the session's shell has ended")
+            return os.dup(self.input_fd), os.dup(self.output_fd)
+
     @property
     def input_fd(self) -> int:
         assert self.process is not None and self.process.stdin is not None
