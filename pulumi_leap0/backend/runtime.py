@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TypeAlias
@@ -336,3 +337,13 @@ def pty_attach(runner: Runner, sandbox_id: str, session_id: str) -> tuple[int, i
     """The session's shell started (a lazy one's first connection), and its pipes: the
     caller's own copies (input, output), non-blocking, for the caller to close."""
     return runner.pty_attach(sandbox_id, session_id).open_pipes()
+
+
+def connect_port(runner: Runner, sandbox_id: str, port: int) -> socket.socket:
+    """A connection to ``port`` on the sandbox's own loopback (a preview request's)."""
+    try:
+        return runner.connect_port(sandbox_id, port, timeout=spec.PREVIEW_CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        raise ApiError(504, f"port {port} in the sandbox did not accept in time") from None
+    except OSError:
+        raise ApiError(502, f"nothing answers on port {port} in the sandbox") from None
