@@ -53,6 +53,14 @@ OPERATIONS = [
     "filesystemReadFile",
     "filesystemDelete",
     "filesystemExists",
+    "listPtySessions",
+    "createPtySession",
+    "getPtySession",
+    "deletePtySession",
+    "resizePtySession",
+    "connectPtySession",
+    "createPresignedURL",
+    "deletePresignedURL",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
