@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -226,3 +227,56 @@ def test_nothing_listening_is_a_502_and_a_stopped_sandbox_a_409(
             assert get(backend, host, headers=auth).status_code == 409
         finally:
             leap0.sandboxes.delete(sandbox.id)
+
+
+def test_the_sdk_over_https_reaches_the_sandbox_through_its_own_invoke_url(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --sandbox-domain --tls-cert --tls-key``: the SDK's ``https://`` URLs as they are
+    (only the name's resolution is done here, since ``*.sandbox.localhost`` need not resolve
+    on this host: the connection goes to 127.0.0.1 with the URL's name as Host and SNI)."""
+    import trustme
+
+    from tests.fixtures.backend import running_backend
+
+    ca = trustme.CA()
+    port = free_port()
+    domain = f"sandbox.localhost:{port}"
+    cert = ca.issue_cert("*.sandbox.localhost", "127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the SDK's httpx too
+    with running_backend(["--sandbox-domain", domain, "--tls-cert", str(tmp_path / "server.pem"),
+                          "--tls-key", str(tmp_path / "key.pem")], port=port,
+                         scheme="https") as server:
+        key = server.new_api_key()
+        from leap0 import Leap0Client
+
+        verify = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with Leap0Client(api_key=key, base_url=server.base_url, sandbox_domain=domain,
+                         sdk_otel_enabled=False) as leap0:
+            sandbox = leap0.sandboxes.create(template_name=TEMPLATE,
+                                             network_policy={"mode": "deny-all"})
+            try:
+                sandbox.filesystem.write_file(path="/tmp/echo.py", content=ECHO_SERVER)
+                sandbox.process.execute(
+                    command=f"nohup python3 /tmp/echo.py {PORT} >/dev/null 2>&1 &")
+                url = sandbox.invoke_url("/tls", port=PORT)
+                presigned = sandbox.create_presigned_url(port=PORT)
+                assert presigned.url.startswith(f"https://{presigned.token}.{domain}")
+                for target, headers in [(url, {"authorization": f"Bearer {key}"}),
+                                        (presigned.url, {})]:
+                    parts = urlsplit(target)
+                    name = parts.hostname
+                    assert name is not None
+                    with httpx.Client(verify=verify, timeout=30) as tls:
+                        def fetch(parts: Any = parts, name: str = name,
+                                  headers: dict[str, str] = headers) -> httpx.Response:
+                            return tls.get(f"https://127.0.0.1:{port}{parts.path or '/'}",
+                                           headers={"host": parts.netloc, **headers},
+                                           extensions={"sni_hostname": name})
+                        wait_for(lambda fetch=fetch: fetch().status_code == 200,
+                                 what="the echo server over TLS")
+                        assert fetch().json()["marker"] == "in-the-sandbox"
+            finally:
+                leap0.sandboxes.delete(sandbox.id)
