@@ -158,3 +158,34 @@ def test_another_organization_gets_404_everywhere(box: Any, backend: BackendServ
             connect(ws, additional_headers=headers, open_timeout=10)
         assert refused.value.response.status_code == status
     assert sandbox.pty.get("mine").active  # untouched
+
+
+def test_a_stalled_terminal_does_not_stall_another_organization(
+        box: Any, backend: BackendServer, api_key: str) -> None:
+    """A's sandbox paused under a connected terminal, and A typing into it as fast as it
+    can: the input waits in A's own pipe and socket, never in a worker thread, so B's
+    calls are answered as usual."""
+    sandbox = box
+    sandbox.pty.create(session_id="stuck")
+    conn = sandbox.pty.connect("stuck")
+    with http(backend, api_key) as raw:
+        assert raw.post(f"/v1/sandbox/{sandbox.id}/pause").status_code in (200, 201)
+    flood = b"x" * spec.MAX_PTY_INPUT_BYTES
+    try:
+        for _ in range(8):  # far more than the relay's pipe and buffers hold
+            conn.websocket.send(flood)
+        other = backend.new_api_key()
+        with sdk(backend, other) as leap0:
+            theirs = leap0.sandboxes.create(template_name=TEMPLATE,
+                                            network_policy={"mode": "deny-all"})
+            try:
+                started = time.monotonic()
+                for _ in range(5):
+                    assert theirs.process.execute(command="echo ok").stdout == "ok\n"
+                    session = theirs.pty.create()
+                    theirs.pty.delete(session.id)
+                assert time.monotonic() - started < 30
+            finally:
+                leap0.sandboxes.delete(theirs.id)
+    finally:
+        conn.close()
