@@ -20,11 +20,14 @@ from pulumi_leap0.backend.auth import Authenticator
 from pulumi_leap0.backend.dependencies import Backend
 from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S, Lifecycle
 from pulumi_leap0.backend.middleware import BodyLimit, InternalErrors, SandboxHost
+from pulumi_leap0.backend.preview import Preview
 from pulumi_leap0.backend.routes import (
     filesystem,
     health,
     mounts,
+    presigned,
     process,
+    pty,
     sandboxes,
     snapshots,
     system,
@@ -48,6 +51,8 @@ ROUTERS: list[APIRouter] = [
     templates.router,
     snapshots.router,
     system.router,
+    pty.router,
+    presigned.router,
 ]
 
 
@@ -64,17 +69,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         backend.ready = False
+        await app.state.preview.close()
         await backend.lifecycle.close()
         backend.lifecycle.store.close()
 
 
 def create_app(data_dir: Path, runner: runtime.Runner | None = None, *,
                call_timeout_s: float = CALL_TIMEOUT_S,
-               memory_capacity_mib: int | None = None) -> FastAPI:
+               memory_capacity_mib: int | None = None,
+               sandbox_domain: str = "localhost", url_scheme: str = "http") -> FastAPI:
     """The application over ``data_dir`` (the sqlite store and the runner's files).
     ``call_timeout_s``: how long a file call may take before it is answered 504;
     ``memory_capacity_mib``: the memory all sandboxes may hold at once (default: the
-    host's, less a reserve, ``backend/capacity.py``)."""
+    host's, less a reserve, ``backend/capacity.py``); ``sandbox_domain``: the domain
+    whose names reach sandboxes (``backend/middleware.SandboxHost``), ``url_scheme`` the
+    scheme its URLs are given with."""
     if memory_capacity_mib is None:
         memory_capacity_mib = capacity.default_memory_mib()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -100,4 +109,6 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None, *,
         auth=Authenticator(store),
         capabilities=runtime.capability_report(runner),
     )
+    app.state.preview = Preview(sandbox_domain, app.state.backend.lifecycle,
+                                app.state.backend.auth, scheme=url_scheme)
     return app

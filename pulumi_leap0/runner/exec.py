@@ -33,7 +33,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pulumi_leap0.runner import files, launch, seccomp, sysutil
@@ -65,18 +65,23 @@ def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int,
             "/bin/sh", "-s"]
 
 
-def exec_script(env: Mapping[str, str], command: str, workdir: str) -> bytes:
+def exec_script(env: Mapping[str, str], command: str | Sequence[str], workdir: str) -> bytes:
     """What the chain's last shell reads. It drops what it got from the host (the chain's
     ``sysutil.HOST_ENV``), so the command's own shell gets exactly the exported variables,
     as ``env -i --chdir=WD NAME=value sh -c`` gave it (125 is env's code for a directory
     it cannot enter). Names are shell names (``check_env``), values single-quoted, so
-    nothing in them is expanded."""
+    nothing in them is expanded. ``command`` is a shell command, or a program's argv: a
+    program that goes on reading the chain's stdin once the shell has exec'd it (a
+    terminal's relay), so the caller writes nothing more before the program says it runs."""
     lines = [f"unset {' '.join(sysutil.HOST_ENV)}",
              f"cd -- {shlex.quote(workdir)} || exit 125", "unset OLDPWD"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     # Stdin is redirected on the last line itself: the shell reads its script from stdin
     # a buffer at a time, so an earlier redirection would cut off what it had not read.
-    lines += [f"exec /bin/sh -c {shlex.quote(command)} </dev/null", ""]
+    if isinstance(command, str):
+        lines += [f"exec /bin/sh -c {shlex.quote(command)} </dev/null", ""]
+    else:
+        lines += ["exec " + " ".join(shlex.quote(arg) for arg in command), ""]
     return "\n".join(lines).encode()
 
 
