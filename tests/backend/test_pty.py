@@ -8,7 +8,9 @@ count against its limit, and belong to its organization only.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,3 +191,29 @@ def test_a_stalled_terminal_does_not_stall_another_organization(
                 leap0.sandboxes.delete(theirs.id)
     finally:
         conn.close()
+
+
+def _host_argvs() -> list[bytes]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes())
+            except OSError:
+                continue
+    return found
+
+
+def test_a_sessions_environment_is_on_no_host_command_line(box: Any) -> None:
+    # The attack: any host user reads every process's argv. A session's envs (and the
+    # sandbox's env_vars) once rode on the relay's `env -i NAME=value` command line.
+    secret = "pty-secret-" + uuid.uuid4().hex
+    box.pty.create(session_id="envs", envs={"TOKEN": secret})
+    conn = box.pty.connect("envs")
+    try:
+        conn.send('printf "%s\\n" "${TOKEN#pty-secret-}" | rev\n')
+        read_until(conn, secret.removeprefix("pty-secret-")[::-1].encode())
+        assert not [argv for argv in _host_argvs() if secret.encode() in argv]
+    finally:
+        conn.close()
+        box.pty.delete("envs")
