@@ -50,7 +50,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
 
-class Noop(ResourceProvider):
+class NoopProvider(ResourceProvider):
     def create(self, props):
         return CreateResult(id_="noop", outs=props)
 
@@ -58,8 +58,13 @@ class Noop(ResourceProvider):
         return DiffResult(changes=False)
 
 
+class Noop(Resource):
+    def __init__(self, name):
+        super().__init__(NoopProvider(), name, {"template_name": "system/debian:bookworm"})
+
+
 for i in range(3):
-    Resource(Noop(), f"noop{i}", {"template_name": "system/debian:bookworm"})
+    Noop(f"noop{i}")
 '''
 
 
