@@ -7,32 +7,7 @@ arguments a model would give, in ``deny-all`` sandboxes.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
-
-from tests.backend.helpers import TEMPLATE, sdk
-from tests.fixtures.backend import BackendServer
-from tests.support import require
-
-
-@pytest.fixture
-def client(backend: BackendServer, api_key: str) -> Iterator[Any]:
-    require(os.geteuid() == 0, "file calls as the sandbox user need a root runner")
-    with sdk(backend, api_key) as leap0:
-        yield leap0
-
-
-@pytest.fixture
-def box(client: Any) -> Iterator[Any]:
-    sandbox = client.sandboxes.create(template_name=TEMPLATE,
-                                      network_policy={"mode": "deny-all"})
-    try:
-        yield sandbox
-    finally:
-        client.sandboxes.delete(sandbox.id)
 
 
 def test_langchain_leap0_file_tools(client: Any, box: Any) -> None:
