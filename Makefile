@@ -2,8 +2,9 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 # What the reference backend needs from the system: bubblewrap (namespaces), fuse3 and
 # rclone (object-storage mounts), nftables and iproute2 (network policy), procps and psmisc
-# (the tests look for leftover processes).
-DEBIAN_PACKAGES = bubblewrap fuse3 rclone nftables iproute2 iptables procps psmisc curl \
+# (the tests look for leftover processes), git (the git calls run the sandbox's view of
+# the host's /usr/bin/git).
+DEBIAN_PACKAGES = bubblewrap fuse3 rclone nftables iproute2 iptables procps psmisc curl git \
 	ca-certificates
 
 .PHONY: deps install lint test demo schema bench

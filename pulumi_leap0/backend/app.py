@@ -20,7 +20,7 @@ from pulumi_leap0.backend.auth import Authenticator
 from pulumi_leap0.backend.dependencies import Backend
 from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S, Lifecycle
 from pulumi_leap0.backend.middleware import BodyLimit, InternalErrors, SandboxHost
-from pulumi_leap0.backend.routes import filesystem, health, mounts, process, sandboxes
+from pulumi_leap0.backend.routes import filesystem, git, health, mounts, process, sandboxes
 from pulumi_leap0.backend.store import DB_FILE_NAME, Store
 
 #: In the order requests meet them; InternalErrors last, just outside the exception handlers.
@@ -36,6 +36,7 @@ ROUTERS: list[APIRouter] = [
     mounts.router,
     process.router,
     filesystem.router,
+    git.router,
 ]
 
 

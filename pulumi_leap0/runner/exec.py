@@ -18,7 +18,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pulumi_leap0.runner import files, launch, seccomp, sysutil
@@ -37,18 +37,25 @@ CALL_PREFIX = "x-"
 
 
 def exec_argv(*, cgroup_procs: list[Path], init_pid: int, uid: int, workdir: str,
-              env: Mapping[str, str], command: str) -> list[str]:
+              env: Mapping[str, str], command: str | Sequence[str]) -> list[str]:
+    """A ``str`` command runs as ``/bin/sh -c command``; a sequence is a program's argv,
+    run as it is (no shell sees it: how the git calls run)."""
+    program = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     return [*launch.join_cgroups(cgroup_procs),
             "nsenter", f"--target={init_pid}", "--user", "--mount", "--uts", "--ipc",
             "--net", "--pid", "--cgroup", "--root", "--wd",
             f"--setuid={uid}", f"--setgid={uid}", "--",
             "/usr/bin/env", "-i", f"--chdir={workdir}", "--",
-            *(f"{k}={v}" for k, v in env.items()), "/bin/sh", "-c", command]
+            *(f"{k}={v}" for k, v in env.items()), *program]
 
 
-def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, command: str, *,
-                cwd: str | None, env: Mapping[str, str] | None,
-                timeout: float | None) -> ExecResult:
+def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState,
+                command: str | Sequence[str], *, cwd: str | None,
+                env: Mapping[str, str] | None, timeout: float | None,
+                pass_fds: Sequence[int] = (),
+                max_output: int = MAX_OUTPUT_BYTES) -> ExecResult:
+    """``pass_fds``: descriptors the command inherits (a git call's credentials come on
+    one); ``max_output``: bytes kept of stdout and of stderr each."""
     if cgroups.is_frozen(sandbox_cgroup):
         raise SandboxFrozenError("the sandbox is paused")
     check_env(env or {})
@@ -62,11 +69,11 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
     try:
         proc = seccomp.popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True, cwd="/")
+                             start_new_session=True, cwd="/", pass_fds=tuple(pass_fds))
     except OSError as exc:
         cgroups.remove_if_empty(call)
         raise RunnerError(f"could not run the command: {exc}") from exc
-    out, err, timed_out = _collect(cgroups, proc, timeout, call)
+    out, err, timed_out = _collect(cgroups, proc, timeout, call, max_output)
     code = proc.returncode
     if timed_out:
         code = EXIT_TIMED_OUT
@@ -80,7 +87,7 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
 
 
 def _collect(cgroups: Cgroups, proc: subprocess.Popen[bytes], timeout: float | None,
-             call: str) -> tuple[bytes, bytes, bool]:
+             call: str, max_output: int = MAX_OUTPUT_BYTES) -> tuple[bytes, bytes, bool]:
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     streams = {out_fd: bytearray(), err_fd: bytearray()}
@@ -110,8 +117,8 @@ def _collect(cgroups: Cgroups, proc: subprocess.Popen[bytes], timeout: float | N
                     open_fds.discard(fd)
                     continue
                 buf = streams[fd]
-                if len(buf) < MAX_OUTPUT_BYTES:
-                    buf += chunk[: MAX_OUTPUT_BYTES - len(buf)]
+                if len(buf) < max_output:
+                    buf += chunk[: max_output - len(buf)]
         if proc.poll() is None:
             # Output closed but the command runs on: wait for it within the deadline.
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
