@@ -10,7 +10,8 @@ Credentials of a call reach git on a pipe, not in its argv or environment: the r
 read end (``exec.run_command(pass_fds=...)``) through ``nsenter`` and ``env`` into git. The
 call's only credential helper (``-c credential.helper=`` first empties the list the
 sandbox's own configuration made, so no ``store`` helper of it writes them to disk) is
-``cat`` of that descriptor: git asks it when the remote wants them, reads them once, and
+``cat /proc/self/fd/N`` of that descriptor (owned by the sandbox's host uid, so it may open
+it again): git asks it when the remote wants them, reads them once, and
 keeps them in memory for the call. Nothing of them is in any argv, environment, file or log,
 and once read the pipe is empty; a process the call leaves behind holds an empty pipe.
 Git runs as the sandbox's own user, so a process of the sandbox that watches it could ptrace
@@ -25,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pulumi_leap0.runner.cgroups import Cgroups
+from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.exec import run_command
 from pulumi_leap0.runner.state import SandboxState
 
@@ -50,6 +52,15 @@ GIT_ENV = {
 GIT_CONFIG = ("gc.auto=0", "maintenance.auto=false", "color.ui=false", "core.pager=cat",
               "advice.detachedHead=false", "credential.helper=")
 
+#: Exit codes of the exec chain itself (``launch.JOIN``'s 121, ``env``'s 125 to 127), which
+#: git never uses: git did not run, and what the chain wrote names host paths.
+CHAIN_EXIT_CODES = frozenset({121, 125, 126, 127})
+
+
+class GitNotStarted(RunnerError):
+    """The chain that enters the sandbox failed before git ran (no detail: it is the
+    host's, not the caller's)."""
+
 
 @dataclass(frozen=True)
 class GitCredentials:
@@ -73,7 +84,8 @@ class GitRun:
 def git_argv(args: Sequence[str], *, credential_fd: int | None = None) -> list[str]:
     options = [part for item in GIT_CONFIG for part in ("-c", item)]
     if credential_fd is not None:
-        helper = f'!f() {{ test "$1" = get && cat <&{credential_fd}; }}; f'
+        # Through /proc/self/fd: dash redirects only descriptors 0 to 9.
+        helper = f'!f() {{ test "$1" = get && cat /proc/self/fd/{credential_fd}; }}; f'
         options += ["-c", f"credential.helper={helper}"]
     return [GIT, "--no-pager", *options, *args]
 
@@ -85,6 +97,9 @@ def run_git(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, args: Sequ
     if credentials is not None:
         read_end, write_end = os.pipe()
         try:
+            # The helper opens it again by name, which the kernel checks against the pipe's
+            # owner: the sandbox's host uid, as the sandbox's own pipes are.
+            os.fchown(read_end, box.host_uid, box.host_gid)
             # A few KiB at most (spec.MAX_GIT_CREDENTIAL_BYTES): the pipe holds them all, so
             # this never blocks, and the call sees end of file after them.
             os.write(write_end, credentials.helper_answer())
@@ -99,6 +114,8 @@ def run_git(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, args: Sequ
         if read_end is not None:
             with contextlib.suppress(OSError):
                 os.close(read_end)
+    if result.exit_code in CHAIN_EXIT_CODES or result.stderr.startswith("nsenter:"):
+        raise GitNotStarted("git could not be started in the sandbox; try again")
     output = result.stdout
     if result.stderr:
         output += ("" if not output or output.endswith("\n") else "\n") + result.stderr

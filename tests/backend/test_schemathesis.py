@@ -53,6 +53,22 @@ OPERATIONS = [
     "filesystemReadFile",
     "filesystemDelete",
     "filesystemExists",
+    "gitClone",
+    "gitStatus",
+    "gitBranches",
+    "gitDiffUnstaged",
+    "gitDiffStaged",
+    "gitDiff",
+    "gitReset",
+    "gitLog",
+    "gitShow",
+    "gitCreateBranch",
+    "gitCheckoutBranch",
+    "gitDeleteBranch",
+    "gitAdd",
+    "gitCommit",
+    "gitPush",
+    "gitPull",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]

@@ -58,6 +58,10 @@ PREFIXES = {"release/": ("readme.txt", OBJECTS["release/readme.txt"]),
             "release/v1/": ("config.json", OBJECTS["release/v1/config.json"])}
 NOBODYS = "sbx-" + "0" * 20
 NO_MOUNT = "mnt-" + "0" * 16
+#: What every git route would accept: a repository path and each operation's own fields.
+GIT_BODY = {"path": "/tmp/swept-repo", "url": "/tmp/swept-origin.git", "target": "HEAD",
+            "revision": "HEAD", "name": "swept", "branch": "swept", "files": ["swept"],
+            "message": "swept"}
 
 #: Every (method, path) the application serves, both spellings of each.
 SERVED = sorted(
@@ -92,6 +96,8 @@ def _valid_body(s3: S3, method: str, template: str) -> dict[str, Any]:
         return {"json": {"path": "/tmp/swept-dir"}}
     if "/filesystem/" in route:
         return {"json": {"path": FILES[0]}}
+    if "/git/" in route:
+        return {"json": GIT_BODY}
     if route == "/v1/sandbox" and method == "POST":
         return {"json": {"template_name": TEMPLATE, "network_policy": {"mode": "deny-all"}}}
     return {}

@@ -1,0 +1,61 @@
+"""``Runner.git``: git as an exec of an argv in the sandbox, bounded in time and output, its
+credentials on a pipe that nothing in the sandbox keeps."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pulumi_leap0 import spec
+from pulumi_leap0.runner import Runner
+from pulumi_leap0.runner.git import GitCredentials, git_argv
+from tests.fixtures.git_server import GitServer
+from tests.runner.conftest import Sandboxes, zombies
+
+ALLOW_ALL = spec.NetworkPolicy(mode="allow-all")
+
+
+def test_a_git_call_ends_at_its_deadline_with_every_process_it_started(
+        runner: Runner, sandboxes: Sandboxes, git_server: GitServer) -> None:
+    box = sandboxes.start(network_policy=ALLOW_ALL)
+    started = time.monotonic()
+    run = runner.git(box, ["clone", "--", git_server.url("stall", "never.git"), "/tmp/x"],
+                     env={}, timeout=2, max_output=spec.MAX_GIT_OUTPUT_BYTES,
+                     credentials=GitCredentials("u", "p"))
+    assert run.timed_out and time.monotonic() - started < 7
+    left = runner.exec(box, "ps -eo args --no-headers").stdout
+    assert "git" not in left, left
+    # The machine is shared: only zombies of this sandbox, or of this test, count.
+    mine = [pid for pid in zombies() if _ours(pid, box)]
+    assert mine == [], mine
+
+
+def _ours(pid: int, box: str) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    parent = int(status.split("PPid:")[1].split()[0])
+    return box in cgroup or parent == os.getpid()
+
+
+def test_output_is_cut_at_the_bound_and_says_so(runner: Runner, sandboxes: Sandboxes) -> None:
+    box = sandboxes.start()
+    assert runner.exec(box, "git init -q /tmp/r && cd /tmp/r && seq 1 100000 > n && "
+                            "git add n").exit_code == 0
+    run = runner.git(box, ["-C", "/tmp/r", "diff", "--cached"], env={}, timeout=30,
+                     max_output=1000)
+    assert run.exit_code == 0 and run.cut and len(run.output.encode()) <= 1000
+    whole = runner.git(box, ["-C", "/tmp/r", "status", "--short"], env={}, timeout=30,
+                       max_output=1000)
+    assert (whole.output, whole.cut) == ("A  n\n", False)
+
+
+def test_the_argv_holds_no_credentials_and_no_shell_sees_the_values() -> None:
+    argv = git_argv(["clone", "--", "$(touch /tmp/x)", "/tmp/y"], credential_fd=7)
+    assert argv[0] == "/usr/bin/git" and argv[-3:] == ["--", "$(touch /tmp/x)", "/tmp/y"]
+    # The sandbox's own helpers are dropped first, ours reads the pipe.
+    helpers = [a for a in argv if a.startswith("credential.helper=")]
+    assert helpers[0] == "credential.helper=" and "/proc/self/fd/7" in helpers[1]
