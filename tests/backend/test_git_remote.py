@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from pulumi_leap0 import spec
 from tests.backend.helpers import TEMPLATE, http, sdk
