@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from pulumi_leap0 import spec
 from pulumi_leap0.runner import Runner
 from pulumi_leap0.runner.git import GitCredentials, git_argv
@@ -59,3 +61,19 @@ def test_the_argv_holds_no_credentials_and_no_shell_sees_the_values() -> None:
     # The sandbox's own helpers are dropped first, ours reads the pipe.
     helpers = [a for a in argv if a.startswith("credential.helper=")]
     assert helpers[0] == "credential.helper=" and "/proc/self/fd/7" in helpers[1]
+
+
+def test_a_chain_that_failed_before_git_ran_is_no_git_failure_and_names_no_host_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the chain's own exit codes (a cgroup it could not join, ``env``
+    failing) are the host's trouble, reported without the chain's words."""
+    from pulumi_leap0.runner import git
+    from pulumi_leap0.runner.types import ExecResult
+
+    failure = ExecResult(exit_code=121, stdout="", timed_out=False,
+                         stderr="leap0-join: cannot create /sys/fs/cgroup/leap0/x/cgroup.procs")
+    monkeypatch.setattr(git, "run_command", lambda *a, **k: failure)
+    with pytest.raises(git.GitNotStarted) as raised:
+        git.run_git(None, "", None, ["status"], env={}, timeout=1,  # type: ignore[arg-type]
+                    max_output=100)
+    assert "/sys/fs" not in str(raised.value)
