@@ -36,7 +36,7 @@ from pulumi_leap0.runner.errors import (
     SandboxNotRunningError,
 )
 from pulumi_leap0.runner.filecalls import FileReader
-from pulumi_leap0.runner.git import GitCredentials, GitNotStarted
+from pulumi_leap0.runner.git import GitCredentials, GitMissing, GitNotStarted
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig
 
@@ -167,6 +167,8 @@ def translate_errors() -> Iterator[None]:
         raise failed(exc.field, str(exc)) from None
     except GitNotStarted as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
+    except GitMissing as exc:
+        raise ApiError(409, str(exc)) from None
     except OSError as exc:
         raise _file_answer(exc) from None
     except ValueError as exc:

@@ -52,14 +52,20 @@ GIT_ENV = {
 GIT_CONFIG = ("gc.auto=0", "maintenance.auto=false", "color.ui=false", "core.pager=cat",
               "advice.detachedHead=false", "credential.helper=")
 
-#: Exit codes of the exec chain itself (``launch.JOIN``'s 121, ``env``'s 125 to 127), which
-#: git never uses: git did not run, and what the chain wrote names host paths.
-CHAIN_EXIT_CODES = frozenset({121, 125, 126, 127})
+#: Exit codes of the exec chain itself (``launch.JOIN``'s 121, ``env``'s 125 and 126), which
+#: git never uses: git did not run, and what the chain wrote names host paths. ``env``'s 127
+#: is the sandbox's own: its root has no ``/usr/bin/git`` (a template image without it).
+CHAIN_EXIT_CODES = frozenset({121, 125, 126})
+NOT_FOUND = 127
 
 
 class GitNotStarted(RunnerError):
     """The chain that enters the sandbox failed before git ran (no detail: it is the
     host's, not the caller's)."""
+
+
+class GitMissing(RunnerError):
+    """The sandbox has no git to run."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ def run_git(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, args: Sequ
                 os.close(read_end)
     if result.exit_code in CHAIN_EXIT_CODES or result.stderr.startswith("nsenter:"):
         raise GitNotStarted("git could not be started in the sandbox; try again")
+    if result.exit_code == NOT_FOUND and not result.stdout and GIT in result.stderr:
+        raise GitMissing(f"the sandbox has no {GIT}: its template does not include git")
     output = result.stdout
     if result.stderr:
         output += ("" if not output or output.endswith("\n") else "\n") + result.stderr

@@ -77,3 +77,15 @@ def test_a_chain_that_failed_before_git_ran_is_no_git_failure_and_names_no_host_
         git.run_git(None, "", None, ["status"], env={}, timeout=1,  # type: ignore[arg-type]
                     max_output=100)
     assert "/sys/fs" not in str(raised.value)
+
+
+def test_a_sandbox_without_git_is_told_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pulumi_leap0.runner import git
+    from pulumi_leap0.runner.types import ExecResult
+
+    missing = ExecResult(exit_code=127, stdout="", timed_out=False,
+                         stderr="/usr/bin/env: '/usr/bin/git': No such file or directory\n")
+    monkeypatch.setattr(git, "run_command", lambda *a, **k: missing)
+    with pytest.raises(git.GitMissing):
+        git.run_git(None, "", None, ["status"], env={}, timeout=1,  # type: ignore[arg-type]
+                    max_output=100)
