@@ -133,6 +133,9 @@ def _keep_local(body: Any) -> None:
                 mount["endpoint"] = LOCAL_ENDPOINT
 
 
+# One test runs every operation's cases, so its bound grows with the list (the suite's 300 s
+# is less than 34 operations take on a loaded machine).
+@pytest.mark.timeout(20 * len(OPERATIONS))
 @schema.parametrize()
 @settings(
     max_examples=12,
