@@ -19,14 +19,22 @@ of its own without the filter, and both (as now). Also the one-off and per-start
 compiling the filter (once per process), claiming and releasing a uid.
 
 Run as root: ``python3 bench/bench_runner.py [N [ROUNDS]]``. Takes well under two minutes.
+
+Another version of the runner beside this one: ``python3 bench/bench_runner.py --against
+TREE [ROUNDS]``, where TREE is a checkout of it (``git archive main | tar -x -C TREE``).
+One worker process per tree, each with its own Runner, take turns, the first of each round
+alternating; each turn is ``start``, ``exec("true")``, an exec with 100 variables of 1 KiB
+(what the environment's path costs) and ``destroy``. Medians, and this tree's over TREE's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,7 +122,68 @@ def identity_costs(tmp: Path, rounds: int) -> None:
               f"exec {statistics.median(execs[name]):6.1f} ms")
 
 
+# One worker: a Runner of the tree on sys.path[0], one measured turn per line on stdin.
+_WORKER = r'''
+import json, secrets, sys, tempfile, time
+from pathlib import Path
+from pulumi_leap0.runner import Runner, SandboxConfig
+runner = Runner(Path(tempfile.mkdtemp(prefix="leap0-bench-", dir=sys.argv[1])) / "sandboxes")
+env = {f"V{i}": "x" * 1024 for i in range(100)}
+for _ in sys.stdin:
+    sandbox_id = f"sbx-vs-{secrets.token_hex(6)}"
+    t0 = time.perf_counter()
+    runner.start(SandboxConfig(id=sandbox_id, template=sys.argv[2], memory_mib=512))
+    t1 = time.perf_counter()
+    assert runner.exec(sandbox_id, "true").exit_code == 0
+    t2 = time.perf_counter()
+    assert runner.exec(sandbox_id, 'test "$V99" = "$V0"', env=env).exit_code == 0
+    t3 = time.perf_counter()
+    runner.destroy(sandbox_id)
+    print(json.dumps({"start": t1 - t0, "exec": t2 - t1, "exec+env": t3 - t2}), flush=True)
+'''
+
+
+def against(other: Path, rounds: int) -> None:
+    trees = {"this tree": Path(__file__).resolve().parent.parent, "TREE": other.resolve()}
+    with tempfile.TemporaryDirectory(prefix="leap0-bench-", dir="/tmp") as tmp:
+        Path(tmp).chmod(0o711)
+        workers = {name: subprocess.Popen([sys.executable, "-c", _WORKER, tmp, TEMPLATE],
+                                          cwd=tree, text=True, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE,
+                                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
+                   for name, tree in trees.items()}
+        figures: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+        names = list(trees)
+        try:
+            for i in range(rounds + 1):  # the first round warms up both
+                for name in names[i % 2:] + names[:i % 2]:
+                    worker = workers[name]
+                    assert worker.stdin is not None and worker.stdout is not None
+                    worker.stdin.write("go\n")
+                    worker.stdin.flush()
+                    line = worker.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"the worker of {name} died")
+                    if i:
+                        for key, value in json.loads(line).items():
+                            figures[name].setdefault(key, []).append(value * 1000)
+        finally:
+            for worker in workers.values():
+                assert worker.stdin is not None
+                worker.stdin.close()
+                worker.wait(timeout=60)
+    print(f"this tree ({trees['this tree']}) against TREE ({trees['TREE']}), "
+          f"{rounds} alternated rounds, medians:")
+    for key in figures["TREE"]:
+        ours, theirs = (statistics.median(figures[n][key]) for n in ("this tree", "TREE"))
+        print(f"  {key:9s} TREE {theirs:7.2f} ms   this tree {ours:7.2f} ms   "
+              f"ratio {ours / theirs:5.2f}")
+
+
 def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--against":
+        against(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 40)
+        return 0
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     with tempfile.TemporaryDirectory(prefix="leap0-bench-") as tmp:
         runner = Runner(Path(tmp) / "sandboxes")

@@ -202,6 +202,49 @@ class Leap0Client:
     def start_sandbox(self, sandbox_id: str) -> spec.Sandbox:
         return self._call("POST", f"/v1/sandbox/{sandbox_id}/start", spec.Sandbox)
 
+    # --- Snapshots ---------------------------------------------------------------------------
+
+    def create_snapshot(self, sandbox_id: str,
+                        request: spec.SnapshotCreateRequest) -> spec.Snapshot:
+        return self._call("POST", f"/v1/sandbox/{sandbox_id}/snapshot/create", spec.Snapshot,
+                          json=request.wire(),
+                          # The sandbox's whole disk is captured before the answer comes.
+                          timeout=spec.SNAPSHOT_TIMEOUT_S + 30.0)
+
+    def list_snapshots(
+        self,
+        *,
+        query: str = "",
+        sort: Literal["created_at", "template_id"] = "created_at",
+        order_by: Literal["asc", "desc"] = "desc",
+        page: int = 1,
+        page_size: int = spec.LIST_PAGE_SIZE_DEFAULT,
+    ) -> spec.SnapshotList:
+        params: dict[str, str | int] = {"query": query, "sort": sort, "order-by": order_by,
+                                        "page": page, "page-size": page_size}
+        return self._call("GET", "/v1/snapshots", spec.SnapshotList, params=params)
+
+    def find_snapshot(self, name: str) -> spec.Snapshot | None:
+        """The snapshot of exactly this name, through the list call (the API has no call
+        that reads one snapshot); None when there is none."""
+        page = 1
+        while True:
+            listing = self.list_snapshots(query=name, page=page,
+                                          page_size=spec.LIST_PAGE_SIZE_MAX)
+            for snapshot in listing.items:
+                if snapshot.name == name:
+                    return snapshot
+            if page * spec.LIST_PAGE_SIZE_MAX >= listing.total_items or not listing.items:
+                return None
+            page += 1
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self._call_no_content("DELETE", f"/v1/snapshot/{snapshot_id}")
+
+    def restore_snapshot(self, request: spec.SnapshotRestoreRequest) -> spec.Sandbox:
+        return self._call("POST", "/v1/snapshot/restore", spec.Sandbox, json=request.wire(),
+                          timeout=spec.SNAPSHOT_TIMEOUT_S + 30.0)
+
     # --- Mounts ------------------------------------------------------------------------------
 
     def add_mount(self, sandbox_id: str, mount: spec.MountRequest) -> spec.Mount:
@@ -234,6 +277,21 @@ class Leap0Client:
             timeout=request.timeout + 10.0,
         )
 
+    # --- Templates ---------------------------------------------------------------------------
+
+    def upload_template(self, request: spec.TemplateUploadRequest) -> spec.Template:
+        # The backend pulls and unpacks the image before it answers: minutes, at most its
+        # own bound, and never retried (a second upload would be a second template).
+        return self._call("POST", "/v1/template", spec.Template, json=request.wire(),
+                          timeout=spec.TEMPLATE_UPLOAD_TIMEOUT_S + 30.0)
+
+    def rename_template(self, template_id: str, name: str) -> None:
+        self._call_no_content("PATCH", f"/v1/template/{template_id}",
+                              json=spec.TemplateRenameRequest(name=name).wire())
+
+    def delete_template(self, template_id: str) -> None:
+        self._call_no_content("DELETE", f"/v1/template/{template_id}")
+
     # --- Transport ---------------------------------------------------------------------------
 
     def _call(
@@ -249,8 +307,9 @@ class Leap0Client:
         response = self._checked(method, path, json=json, params=params, timeout=timeout)
         return model.model_validate(response.json())
 
-    def _call_no_content(self, method: str, path: str) -> None:
-        self._checked(method, path)
+    def _call_no_content(self, method: str, path: str, *,
+                         json: Mapping[str, Any] | None = None) -> None:
+        self._checked(method, path, json=json)
 
     def _checked(
         self,

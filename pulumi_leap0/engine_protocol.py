@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from pulumi.dynamic import ResourceProvider
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
@@ -47,8 +48,13 @@ class ProviderProcess:
 
     urn = f"urn:pulumi:dev::leap0::{SANDBOX_TYPE}::sandbox"
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.provider = serialize_provider(SandboxProvider())
+    def __init__(self, env: dict[str, str] | None = None,
+                 provider: ResourceProvider | None = None, urn: str | None = None) -> None:
+        """``provider``: the one pickled into every call's ``__provider`` (a sandbox's by
+        default), as the engine takes it from each resource's state, for ``urn``."""
+        self.provider = serialize_provider(provider or SandboxProvider())
+        if urn is not None:
+            self.urn = urn
         self._process = subprocess.Popen(
             [sys.executable, "-u", "-m", "pulumi.dynamic"],
             stdout=subprocess.PIPE,

@@ -1,4 +1,5 @@
-"""The resources, as Pulumi programs write them: ``leap0.Sandbox`` and its argument types.
+"""The resources, as Pulumi programs write them: ``leap0.Sandbox``, ``leap0.Template``,
+``leap0.Snapshot`` and their argument types.
 
 One section per resource (its argument classes, then the resource), after what they share.
 Inputs are named as the API names them; the logic lives in ``provider/``.
@@ -26,9 +27,15 @@ import pulumi
 import pulumi.dynamic
 
 from pulumi_leap0 import spec
+from pulumi_leap0.provider import snapshot as snapshot_provider
+from pulumi_leap0.provider import template as template_provider
 from pulumi_leap0.provider.sandbox import COMPUTED_OUTPUTS, SandboxProvider
+from pulumi_leap0.provider.snapshot import SnapshotProvider
+from pulumi_leap0.provider.template import TemplateProvider
 
 SANDBOX_TYPE = "pulumi-python:dynamic/leap0:Sandbox"
+TEMPLATE_TYPE = "pulumi-python:dynamic/leap0:Template"
+SNAPSHOT_TYPE = "pulumi-python:dynamic/leap0:Snapshot"
 
 
 # --- Shared by every resource ----------------------------------------------------------------
@@ -109,7 +116,8 @@ class MountArgs:
 
 @dataclass
 class SandboxArgs:
-    template_name: pulumi.Input[str]
+    #: Required, unless ``snapshot_name`` is set (the snapshot's template is used then).
+    template_name: pulumi.Input[str] | None = None
     env_vars: pulumi.Input[dict[str, pulumi.Input[str]]] | None = None
     mounts: list[MountArgs] | None = None
     vcpu: pulumi.Input[int] | None = None
@@ -123,6 +131,10 @@ class SandboxArgs:
     #: already match what cannot change in place; its mounts are made to match. Only
     #: read when the resource is created.
     adopt_id: pulumi.Input[str] | None = None
+    #: A snapshot (``leap0.Snapshot``'s ``name``) to restore the sandbox from: its files,
+    #: template, vcpu, memory and environment; those inputs must then be left out.
+    #: Changing it replaces the sandbox.
+    snapshot_name: pulumi.Input[str] | None = None
 
 
 def _prepare(props: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +159,10 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
       is deleted before the error is raised.
     * ``pulumi import`` does not work for dynamic providers (pulumi/pulumi#16175): set
       ``adopt_id`` to take over an existing sandbox, or use :meth:`get` to only read one.
+    * ``snapshot_name`` creates the sandbox by restoring that snapshot: its files, template,
+      vcpu, memory and environment. Setting any of ``template_name``, ``vcpu``, ``memory``
+      or ``env_vars`` beside it fails the check, naming each; their outputs report the
+      snapshot's. Without ``network_policy`` it is allow-all, as for any sandbox.
     * Credentials: ``LEAP0_API_KEY`` / ``LEAP0_BASE_URL``, or stack config ``leap0:apiKey``
       (secret) and ``leap0:baseUrl``.
     """
@@ -165,6 +181,7 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
     created_at: pulumi.Output[str]
     create_timeout: pulumi.Output[float | None]
     adopt_id: pulumi.Output[str | None]
+    snapshot_name: pulumi.Output[str | None]
 
     def __init__(
         self,
@@ -182,6 +199,7 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
         network_policy: NetworkPolicyArgs | dict[str, Any] | None = None,
         create_timeout: pulumi.Input[float] | None = None,
         adopt_id: pulumi.Input[str] | None = None,
+        snapshot_name: pulumi.Input[str] | None = None,
     ) -> None:
         if args is not None:
             given = dict(vars(args))
@@ -190,10 +208,11 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
                 "template_name": template_name, "env_vars": env_vars, "mounts": mounts,
                 "vcpu": vcpu, "memory": memory, "timeout": timeout, "auto_pause": auto_pause,
                 "network_policy": network_policy, "create_timeout": create_timeout,
-                "adopt_id": adopt_id,
+                "adopt_id": adopt_id, "snapshot_name": snapshot_name,
             }
-        if given.get("template_name") is None and (opts is None or opts.id is None):
-            raise TypeError("Sandbox needs template_name")
+        if given.get("template_name") is None and given.get("snapshot_name") is None and (
+                opts is None or opts.id is None):
+            raise TypeError("Sandbox needs template_name (or snapshot_name)")
         props = _prepare(_plain(given))
         # Outputs only exist as attributes when the props name them.
         props = {**dict.fromkeys((*COMPUTED_OUTPUTS, *given)), **props}
@@ -210,3 +229,116 @@ class Sandbox(pulumi.dynamic.Resource, module="leap0", name="Sandbox"):
         """Read an existing sandbox into the program without managing it."""
         return Sandbox(resource_name, opts=pulumi.ResourceOptions.merge(opts,
                        pulumi.ResourceOptions(id=id)))
+
+
+# --- Template --------------------------------------------------------------------------------
+
+
+@dataclass
+class RegistryCredentialsArgs:
+    """Credentials for a private registry. This backend pulls with ``basic`` ones; the
+    others (``aws``, ``gcp``, ``azure``) are validated and refused by it."""
+
+    type: pulumi.Input[str]
+    username: pulumi.Input[str] | None = None
+    password: pulumi.Input[str] | None = None
+    aws_access_key_id: pulumi.Input[str] | None = None
+    aws_secret_access_key: pulumi.Input[str] | None = None
+    aws_region: pulumi.Input[str] | None = None
+    gcp_service_account_json: pulumi.Input[str] | None = None
+    azure_client_id: pulumi.Input[str] | None = None
+    azure_client_secret: pulumi.Input[str] | None = None
+    azure_tenant_id: pulumi.Input[str] | None = None
+
+
+class Template(pulumi.dynamic.Resource, module="leap0", name="Template"):
+    """A Leap0 template: a container image, pulled and converted to a root file system, that
+    sandboxes are created from (``Sandbox(template_name=tpl.name)``, which also orders
+    ``up`` and ``destroy`` correctly).
+
+    * A new ``name`` renames the template in place; a new ``uri`` replaces it (the old one
+      deleted first: names are unique and an organization holds at most 25 templates).
+    * ``credentials`` are secret (marked here, whatever the program passes) and serve the
+      upload only: Leap0 never stores or returns them, so changing them alone changes
+      nothing; state keeps a fingerprint (``credentials_sha256``), never the values.
+    * Delete fails while a sandbox still uses the template, naming the sandboxes.
+    * Refresh: the API has no call that reads or lists templates, so refresh cannot see a
+      template renamed or deleted outside Pulumi; it keeps the outputs the last ``up``
+      recorded (``digest``, ``image_config``, ``created_at``). A template deleted outside
+      Pulumi is found at the next rename (404) and is simply gone at destroy.
+    """
+
+    name: pulumi.Output[str]
+    uri: pulumi.Output[str]
+    digest: pulumi.Output[str]
+    image_config: pulumi.Output[dict[str, Any]]
+    is_system: pulumi.Output[bool]
+    created_at: pulumi.Output[str]
+    credentials_sha256: pulumi.Output[str | None]
+
+    def __init__(
+        self,
+        resource_name: str,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        name: pulumi.Input[str],
+        uri: pulumi.Input[str],
+        credentials: RegistryCredentialsArgs | dict[str, Any] | None = None,
+    ) -> None:
+        given = {"name": name, "uri": uri, "credentials": credentials}
+        props = _mark_secrets(_plain(given), spec.TEMPLATE_SECRET_PATHS)
+        props = {**dict.fromkeys(template_provider.COMPUTED_OUTPUTS), **props}
+        super().__init__(TemplateProvider(), resource_name, props, opts)
+
+
+# --- Snapshot --------------------------------------------------------------------------------
+
+
+class Snapshot(pulumi.dynamic.Resource, module="leap0", name="Snapshot"):
+    """A snapshot of a Leap0 sandbox: its writable files (home, /tmp, /var/tmp) and its
+    configuration, from which ``leap0.Sandbox(snapshot_name=...)`` restores new sandboxes.
+
+    * Any change of ``sandbox_id``, ``name`` or ``kill_sandbox_after`` replaces it (the old
+      one is deleted first: names are unique in an organization).
+    * Without ``name`` one is chosen once (``snapshot-<hex>``) and kept.
+    * ``kill_sandbox_after`` deletes the source sandbox once the snapshot is stored; a
+      ``leap0.Sandbox`` for it in the same stack is then gone, and refresh drops it.
+    * Refresh finds the snapshot by name through the list call (the API has no call that
+      reads one snapshot) and drops it from the stack when it is gone.
+    * A sandbox restored from it depends on it when its ``snapshot_name`` is this
+      resource's ``name`` output, so ``destroy`` deletes the sandbox first.
+    """
+
+    sandbox_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+    kill_sandbox_after: pulumi.Output[bool]
+    template_id: pulumi.Output[str]
+    vcpu: pulumi.Output[int]
+    memory: pulumi.Output[int]
+    disk: pulumi.Output[int]
+    created_at: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        sandbox_id: pulumi.Input[str] | None = None,
+        name: pulumi.Input[str] | None = None,
+        kill_sandbox_after: pulumi.Input[bool] | None = None,
+    ) -> None:
+        if sandbox_id is None and (opts is None or opts.id is None):
+            raise TypeError("Snapshot needs sandbox_id")
+        props: dict[str, Any] = {
+            **dict.fromkeys(snapshot_provider.COMPUTED_OUTPUTS),
+            "sandbox_id": sandbox_id, "name": name, "kill_sandbox_after": kill_sandbox_after,
+        }
+        super().__init__(SnapshotProvider(), resource_name, props, opts)
+
+    @staticmethod
+    def get(
+        resource_name: str, id: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None
+    ) -> Snapshot:
+        """Read an existing snapshot into the program without managing it."""
+        return Snapshot(resource_name, opts=pulumi.ResourceOptions.merge(opts,
+                        pulumi.ResourceOptions(id=id)))

@@ -1,4 +1,6 @@
-"""``schema.json``, the Pulumi package schema of ``leap0.Sandbox``, generated from ``spec.py``.
+"""``schema.json``, the Pulumi package schema of ``leap0.Sandbox``, ``leap0.Template`` and
+``leap0.Snapshot``,
+generated from ``spec.py``.
 
 ``python -m pulumi_leap0.schema`` writes it; ``--check`` exits 1 when the committed file
 differs from what ``spec.py`` says today. Never edit ``schema.json`` by hand: a limit,
@@ -18,9 +20,12 @@ from pydantic import BaseModel
 from pulumi_leap0 import spec
 from pulumi_leap0.client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from pulumi_leap0.provider.base import CREATE_TIMEOUT_DEFAULT_S
+from pulumi_leap0.provider.sandbox import REPLACES
 
 PACKAGE = "leap0"
 SANDBOX = f"{PACKAGE}:index:Sandbox"
+TEMPLATE = f"{PACKAGE}:index:Template"
+SNAPSHOT = f"{PACKAGE}:index:Snapshot"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.json"
 
 #: Object and enum types, by the spec model or JSON-schema title they come from.
@@ -28,6 +33,8 @@ TYPE_TOKENS = {
     "MountRequest": f"{PACKAGE}:index:Mount",
     "NetworkPolicy": f"{PACKAGE}:index:NetworkPolicy",
     "TransformRule": f"{PACKAGE}:index:Transform",
+    "RegistryCredentials": f"{PACKAGE}:index:RegistryCredentials",
+    "ImageConfig": f"{PACKAGE}:index:ImageConfig",
 }
 NETWORK_MODE = f"{PACKAGE}:index:NetworkPolicyMode"
 SANDBOX_STATE = f"{PACKAGE}:index:SandboxState"
@@ -46,7 +53,9 @@ _LIMIT_WORDS = {
 
 def _describe(schema: dict[str, Any]) -> str:
     text = str(schema.get("description", "")).strip()
-    limits = [words.format(schema[key]) for key, words in _LIMIT_WORDS.items() if key in schema]
+    # An optional field's limits sit on its non-null branch.
+    ruled = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+    limits = [words.format(ruled[key]) for key, words in _LIMIT_WORDS.items() if key in ruled]
     if limits:
         text += f" Must be {', '.join(limits)}."
     if "default" in schema and schema["default"] not in (None, [], {}, ""):
@@ -103,11 +112,73 @@ def _enum(description: str, values: list[str]) -> dict[str, Any]:
     }
 
 
+def _template() -> dict[str, Any]:
+    request = spec.TemplateUploadRequest.model_json_schema()
+    inputs = {
+        name: _property(s, replace_on_changes=name in spec.TEMPLATE_REPLACE_ON_CHANGE)
+        for name, s in request["properties"].items()
+    }
+    computed = {
+        name: _property(s)
+        for name, s in spec.Template.model_json_schema()["properties"].items()
+        if name in ("digest", "image_config", "is_system", "created_at")
+    }
+    computed["credentials_sha256"] = {
+        "type": "string",
+        "description": "A fingerprint of `credentials` (never the values themselves).",
+    }
+    return {
+        "description": "A Leap0 template: a container image pulled and converted to a root "
+        f"file system. A new `uri` replaces it; a new `name` renames it in place; new "
+        f"`credentials` alone change nothing. An organization holds at most "
+        f"{spec.MAX_TEMPLATES_PER_ORG} templates. The API reads no template back, so "
+        "refresh keeps what the last update recorded.",
+        "inputProperties": inputs,
+        "requiredInputs": sorted(request.get("required", [])),
+        "properties": {**{k: v for k, v in inputs.items() if k != "credentials"}, **computed},
+        "required": sorted({*request.get("required", []), "digest", "image_config",
+                            "is_system", "created_at"}),
+    }
+
+
+def _snapshot() -> dict[str, Any]:
+    request = spec.SnapshotCreateRequest.model_json_schema()
+    inputs = {
+        "sandbox_id": {"type": "string", "replaceOnChanges": True,
+                       "description": "The sandbox (`sbx-...`) to snapshot."},
+        **{name: _property(s, replace_on_changes=True)
+           for name, s in request["properties"].items()},
+    }
+    inputs["name"]["description"] += (" When omitted, the provider chooses one once "
+                                      "(`snapshot-<hex>`) and keeps it.")
+    computed = {
+        name: _property(s)
+        for name, s in spec.Snapshot.model_json_schema()["properties"].items()
+        if name in ("template_id", "vcpu", "memory", "disk", "created_at")
+    }
+    return {
+        "description": "A snapshot of a Leap0 sandbox's files and configuration, which "
+        "`Sandbox.snapshot_name` restores. Any change replaces it; refresh finds it by name "
+        f"through the list call. An organization keeps at most {spec.MAX_SNAPSHOTS_PER_ORG}.",
+        "inputProperties": inputs,
+        "requiredInputs": ["sandbox_id"],
+        "properties": {**inputs, **computed},
+        "required": sorted({"sandbox_id", "name", "kill_sandbox_after", *computed}),
+    }
+
+
 def build() -> dict[str, Any]:
     request = spec.SandboxCreateRequest.model_json_schema()
     inputs = {
-        name: _property(s, replace_on_changes=name in spec.REPLACE_ON_CHANGE)
+        name: _property(s, replace_on_changes=name in REPLACES)
         for name, s in request["properties"].items()
+    }
+    inputs["template_name"]["description"] += " Required unless `snapshot_name` is set."
+    inputs["snapshot_name"] = {
+        "type": "string", "replaceOnChanges": True,
+        "description": "A snapshot to restore the sandbox from (files, template, vcpu, "
+        "memory and environment); then " + ", ".join(f"`{n}`" for n in spec.SNAPSHOT_FIXES)
+        + " must not be set. Not sent as a sandbox field: create restores the snapshot.",
     }
     inputs["create_timeout"] = {
         "type": "number",
@@ -155,6 +226,8 @@ def build() -> dict[str, Any]:
             TYPE_TOKENS["MountRequest"]: _object_type(spec.MountRequest, extra=mount_id),
             TYPE_TOKENS["NetworkPolicy"]: _object_type(spec.NetworkPolicy),
             TYPE_TOKENS["TransformRule"]: _object_type(spec.TransformRule),
+            TYPE_TOKENS["RegistryCredentials"]: _object_type(spec.RegistryCredentials),
+            TYPE_TOKENS["ImageConfig"]: _object_type(spec.ImageConfig),
             NETWORK_MODE: _enum("Egress policy mode.", list(get_args(spec.NetworkMode))),
             SANDBOX_STATE: _enum("Lifecycle state of a sandbox.",
                                  [state.value for state in spec.SandboxState]),
@@ -162,15 +235,18 @@ def build() -> dict[str, Any]:
         "resources": {
             SANDBOX: {
                 "description": "A Leap0 sandbox. A change to "
-                + ", ".join(f"`{name}`" for name in spec.REPLACE_ON_CHANGE)
+                + ", ".join(f"`{name}`" for name in REPLACES)
                 + " replaces it (the old one is deleted first: an organization holds at most "
                 f"{spec.MAX_SANDBOXES_PER_ORG} sandboxes); mounts change in place.",
                 "inputProperties": inputs,
-                "requiredInputs": sorted(request.get("required", [])),
+                # template_name, unless snapshot_name: the check says which is missing.
+                "requiredInputs": [],
                 "properties": outputs,
                 "required": sorted({*request.get("required", []), *computed,
                                     "vcpu", "memory", "timeout", "auto_pause"}),
-            }
+            },
+            TEMPLATE: _template(),
+            SNAPSHOT: _snapshot(),
         },
         "language": {"python": {"packageName": "pulumi_leap0"}},
     }

@@ -64,6 +64,7 @@ LIST_PAGE_SIZE_DEFAULT, LIST_PAGE_SIZE_MAX = 20, 100
 MOUNT_TYPE: Literal["object-storage"] = "object-storage"
 SANDBOX_ID_PREFIX = "sbx-"
 MOUNT_ID_PREFIX = "mnt-"
+SNAPSHOT_ID_PREFIX = "snap-"
 
 #: No API call changes these on an existing sandbox: a change to any of them replaces it.
 REPLACE_ON_CHANGE: tuple[str, ...] = (
@@ -86,6 +87,10 @@ SECRET_PATHS: tuple[str, ...] = (
     "mounts[].secret_access_key",
     "network_policy.transforms[].inject_headers.{}",
 )
+#: A template's: its registry credentials, whole (the type too: it says which cloud).
+TEMPLATE_SECRET_PATHS: tuple[str, ...] = ("credentials",)
+#: A new image replaces a template; a rename is a PATCH; credentials serve only the upload.
+TEMPLATE_REPLACE_ON_CHANGE: tuple[str, ...] = ("uri",)
 
 
 class SandboxState(enum.StrEnum):
@@ -158,7 +163,8 @@ MAX_GIT_CONTEXT_LINES = 10_000
 # RFC 1123 host labels; an optional leading "*." makes a wildcard for every subdomain.
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Shell names: the runner hands variables to the sandbox as ``export NAME=...`` lines.
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # RFC 9110 token characters: what a header name may be made of.
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -210,7 +216,7 @@ def _size(value: str) -> int:
 
 
 def _env_name(name: str) -> str:
-    if not _ENV_NAME_RE.match(name):
+    if not ENV_NAME_RE.match(name):
         raise _fail("env_name", "must be letters, digits and '_', and not start with a digit")
     if _size(name) > MAX_ENV_NAME_BYTES:
         raise _fail("env_name", f"must be at most {MAX_ENV_NAME_BYTES} bytes")
@@ -622,6 +628,212 @@ class ExecuteResponse(_Model):
     stderr: str
 
 
+# --- Templates -----------------------------------------------------------------------------
+
+MAX_TEMPLATES_PER_ORG = 25
+MAX_TEMPLATE_NAME_CHARS = 64
+MAX_TEMPLATE_URI_CHARS = 500
+SYSTEM_TEMPLATE_PREFIX = "system/"
+TEMPLATE_ID_PREFIX = "tpl-"
+#: An upload's pull and unpack together end by then (a 400 saying so), and each of the
+#: downloaded image and its unpacked root file system is at most this large.
+TEMPLATE_UPLOAD_TIMEOUT_S = 600
+MAX_TEMPLATE_IMAGE_MIB = 2048
+#: Uploads of one organization at once; more answer 429 (each holds a pull for minutes).
+MAX_UPLOADS_PER_ORG = 1
+#: The registry of an image reference without one, as Docker and skopeo read it.
+DEFAULT_REGISTRY = "docker.io"
+#: What each credential type requires, as the document's ``oneOf`` says.
+CREDENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "basic": ("username", "password"),
+    "aws": ("aws_access_key_id", "aws_secret_access_key"),
+    "gcp": ("gcp_service_account_json",),
+    "azure": ("azure_client_id", "azure_client_secret", "azure_tenant_id"),
+}
+
+# An image reference as distribution/reference's grammar has it (what `docker pull` and
+# skopeo's docker:// take): [registry[:port]/]path[:tag][@digest], lower-case path.
+_REGISTRY_PART = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
+_REGISTRY_RE = re.compile(rf"^{_REGISTRY_PART}(?:\.{_REGISTRY_PART})*(?::[0-9]{{1,5}})?$")
+_PATH_PART_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
+
+
+def split_image_reference(uri: str) -> tuple[str, str]:
+    """``(registry, rest)``: the first part is a registry when it has a dot or a port or is
+    ``localhost`` (Docker's rule), else the image is on ``DEFAULT_REGISTRY``."""
+    first, _, rest = uri.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first.lower(), rest
+    return DEFAULT_REGISTRY, uri
+
+
+def image_registry(uri: str) -> str:
+    """The registry (``host`` or ``host:port``, lower-case) an image reference pulls from."""
+    return split_image_reference(uri)[0]
+
+
+def _image_uri(value: str) -> str:
+    rule = ("must be a container image reference such as docker.io/library/python:3.12 "
+            "([registry[:port]/]path[:tag][@digest], lower-case path, no scheme)")
+    if not value or value != value.strip() or "://" in value:
+        raise _fail("uri", rule)
+    registry, rest = split_image_reference(value)
+    rest, at, digest = rest.partition("@")
+    path, tag = rest, ""
+    if ":" in rest.rsplit("/", 1)[-1]:
+        path, tag = rest.rsplit(":", 1)
+    if (not _REGISTRY_RE.match(registry) or not path
+            or not all(_PATH_PART_RE.match(p) for p in path.split("/"))
+            or (":" in rest and not _TAG_RE.match(tag))
+            or (at and not _DIGEST_RE.match(digest))):
+        raise _fail("uri", rule)
+    return value
+
+
+def _template_name(value: str) -> str:
+    if not value:
+        raise _fail("name", "must not be empty")
+    if len(value) > MAX_TEMPLATE_NAME_CHARS:
+        raise _fail("name", f"must be at most {MAX_TEMPLATE_NAME_CHARS} characters")
+    if any(c.isspace() for c in value):
+        raise _fail("name", "must not contain white space")
+    if value.startswith(SYSTEM_TEMPLATE_PREFIX):
+        raise _fail("name", f"must not start with {SYSTEM_TEMPLATE_PREFIX!r}: those are the "
+                    "system templates")
+    return _no_nul(value)
+
+
+TemplateName = Annotated[str, AfterValidator(_template_name)]
+ImageUri = Annotated[str, Field(max_length=MAX_TEMPLATE_URI_CHARS), AfterValidator(_image_uri)]
+
+
+class RegistryCredentials(_Model):
+    """Credentials for pulling from a private container registry."""
+
+    type: Literal["basic", "aws", "gcp", "azure"] = Field(description="Authentication type.")
+    username: NoNul | None = Field(default=None, description="Username (basic).")
+    password: NoNul | None = Field(default=None, description="Password or token (basic).")
+    aws_access_key_id: NoNul | None = None
+    aws_secret_access_key: NoNul | None = None
+    aws_region: NoNul | None = None
+    gcp_service_account_json: NoNul | None = None
+    azure_client_id: NoNul | None = None
+    azure_client_secret: NoNul | None = None
+    azure_tenant_id: NoNul | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> RegistryCredentials:
+        missing = [f for f in CREDENTIAL_FIELDS[self.type] if not getattr(self, f)]
+        if missing:
+            raise _fail("credentials", f"type {self.type} requires " + ", ".join(missing))
+        return self
+
+
+class TemplateUploadRequest(_Model):
+    """The body of ``POST /v1/template``."""
+
+    name: TemplateName = Field(description="Template name: at most 64 characters, no white "
+                               "space, not starting with 'system/'; unique per organization.")
+    uri: ImageUri = Field(description="Container image reference to pull and convert.")
+    credentials: RegistryCredentials | None = Field(
+        default=None, description="Credentials for a private registry; used for the upload "
+        "only, never stored or returned.", json_schema_extra={"secret": True})
+
+
+class TemplateRenameRequest(_Model):
+    name: TemplateName = Field(description="New template name.")
+
+
+class ImageConfig(_Model):
+    """The image's own configuration, as its config blob says it."""
+
+    entrypoint: list[str] | None = Field(default=None, description="The image's entrypoint.")
+    cmd: list[str] | None = Field(default=None, description="The image's command.")
+    working_dir: str = Field(default="", description="Where the sandbox's processes start.")
+    user: str = Field(default="", description="The OS user the sandbox's processes run as.")
+    env: dict[str, str] | None = Field(default=None, description="The image's environment.")
+
+
+class Template(_Model):
+    """A template as the upload answers it."""
+
+    id: str = Field(description="Unique template identifier (`tpl-...`).")
+    name: str = Field(description="Template name.")
+    digest: str = Field(description="Digest of the image's manifest the template was made "
+                        "from.")
+    image_config: ImageConfig = Field(description="The image's configuration.")
+    is_system: bool = Field(default=False, description="Whether this is a system template.")
+    created_at: str = Field(description="When the template was uploaded.")
+# --- Snapshots -----------------------------------------------------------------------------
+
+#: A snapshot's name: what restore and the provider find it by, unique in its organization.
+MAX_SNAPSHOT_NAME_CHARS = 64
+#: Each snapshot holds up to a sandbox's whole disk on the server's own disk: a bound per
+#: organization keeps one tenant from filling it (409 past it, as for a taken name).
+MAX_SNAPSHOTS_PER_ORG = 10
+#: Capturing a sandbox's files, or seeding a new sandbox with them, ends by then (a
+#: sandbox stays frozen while it is captured, so the bound is also how long it may be).
+SNAPSHOT_TIMEOUT_S = 120
+#: What a snapshot fixes in the sandbox restored from it (restore takes no such fields: the
+#: environment is the snapshot's too), so a sandbox made from a snapshot must not set them
+#: (the provider's ``check`` names each one set).
+SNAPSHOT_FIXES: tuple[str, ...] = ("template_name", "vcpu", "memory", "env_vars")
+_SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _snapshot_name(value: str) -> str:
+    if not _SNAPSHOT_NAME_RE.match(value):
+        raise _fail("snapshot_name", "must start with a letter or digit and hold only "
+                    "letters, digits, '.', '_' and '-'")
+    return value
+
+
+SnapshotName = Annotated[
+    str, Field(min_length=1, max_length=MAX_SNAPSHOT_NAME_CHARS), AfterValidator(_snapshot_name)
+]
+
+
+class SnapshotCreateRequest(_Model):
+    """The body of ``POST /v1/sandbox/{id}/snapshot/create``."""
+
+    name: SnapshotName | None = Field(
+        default=None, description="Snapshot name, unique in the organization: letters, "
+        "digits, '.', '_' and '-', starting with a letter or digit; Leap0 generates one when "
+        "omitted.")
+    kill_sandbox_after: bool = Field(
+        default=False, description="Delete the source sandbox once the snapshot is stored.")
+
+
+class Snapshot(_Model):
+    """A snapshot as the API returns it (create and list)."""
+
+    id: str = Field(description="Unique snapshot identifier.")
+    name: str = Field(description="Snapshot name.")
+    template_id: str = Field(description="Template the snapshot was created from.")
+    vcpu: int = Field(description="Number of virtual CPUs stored with the snapshot.")
+    memory: int = Field(description="Memory stored with the snapshot, in MiB.")
+    disk: int = Field(description="Writable disk size stored with the snapshot, in MiB.")
+    network_policy: NetworkPolicy | None = Field(default=None)
+    created_at: str = Field(description="ISO 8601 timestamp of when the snapshot was created.")
+
+
+class SnapshotList(_Model):
+    items: list[Snapshot]
+    total_items: int
+
+
+class SnapshotRestoreRequest(_Model):
+    """The body of ``POST /v1/snapshot/restore``: template, vcpu, memory, disk, environment
+    and files come from the snapshot; a network policy given here replaces its one."""
+
+    snapshot_name: SnapshotName
+    timeout: int = Field(default=TIMEOUT_DEFAULT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    auto_pause: bool = AUTO_PAUSE_DEFAULT
+    network_policy: NetworkPolicy | None = None
+
+
 # --- Errors --------------------------------------------------------------------------------
 
 
@@ -724,3 +936,7 @@ def validate(model: type[ModelT], data: Any) -> ModelT:
 
 def validate_create(data: Any) -> SandboxCreateRequest:
     return validate(SandboxCreateRequest, data)
+
+
+def validate_template(data: Any) -> TemplateUploadRequest:
+    return validate(TemplateUploadRequest, data)

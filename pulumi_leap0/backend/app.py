@@ -20,7 +20,16 @@ from pulumi_leap0.backend.auth import Authenticator
 from pulumi_leap0.backend.dependencies import Backend
 from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S, Lifecycle
 from pulumi_leap0.backend.middleware import BodyLimit, InternalErrors, SandboxHost
-from pulumi_leap0.backend.routes import filesystem, git, health, mounts, process, sandboxes
+from pulumi_leap0.backend.routes import (
+    filesystem,
+    git,
+    health,
+    mounts,
+    process,
+    sandboxes,
+    snapshots,
+    templates,
+)
 from pulumi_leap0.backend.store import DB_FILE_NAME, Store
 
 #: In the order requests meet them; InternalErrors last, just outside the exception handlers.
@@ -36,6 +45,8 @@ ROUTERS: list[APIRouter] = [
     mounts.router,
     process.router,
     filesystem.router,
+    templates.router,
+    snapshots.router,
     git.router,
 ]
 
@@ -83,7 +94,8 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None, *,
         routes=[route for router in ROUTERS for route in router.routes],
     )
     app.state.backend = Backend(
-        lifecycle=Lifecycle(store, runner, call_timeout_s=call_timeout_s,
+        lifecycle=Lifecycle(store, runner, snapshot_dir=data_dir / "snapshots",
+                            call_timeout_s=call_timeout_s,
                             memory_capacity_mib=memory_capacity_mib),
         auth=Authenticator(store),
         capabilities=runtime.capability_report(runner),

@@ -1,7 +1,7 @@
 """``leap0-backend``: serve the API, issue API keys, report what this machine can isolate.
 
     leap0-backend serve [--host 127.0.0.1] [--port 8360] [--data-dir DIR]
-                        [--allow-mount-endpoint CIDR ...]
+                        [--allow-mount-endpoint CIDR ...] [--insecure-registry HOST:PORT ...]
                         [--call-timeout SECONDS] [--max-memory-mib MIB]
     leap0-backend api-key create --org NAME [--data-dir DIR]
     leap0-backend doctor [--data-dir DIR]
@@ -33,6 +33,14 @@ def default_data_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("leap0-backend", appauthor=False))
+
+
+def _registry(value: str) -> str:
+    from pulumi_leap0 import spec
+
+    if spec.image_registry(f"{value}/x") != value.lower() or "/" in value:
+        raise argparse.ArgumentTypeError("a registry is HOST or HOST:PORT")
+    return value.lower()
 
 
 def _cidr(value: str) -> str:
@@ -79,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="let mount endpoints reach addresses in CIDR although they are "
                        "this host's, loopback, link-local or a sandbox network (an S3 "
                        "server on this host); repeatable")
+    serve.add_argument("--insecure-registry", metavar="HOST:PORT", action="append",
+                       default=[], type=_registry, dest="insecure_registries",
+                       help="pull template images from this registry over plain HTTP or "
+                       "unverified TLS (a local test registry); every other registry over "
+                       "verified TLS only; repeatable")
     serve.add_argument("--call-timeout", metavar="SECONDS", type=_positive, default=None,
                        help="how long a file call may take before it is answered 504 "
                        "(default: 60); an execute has its own timeout")
@@ -102,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(host: str, port: int, data_dir: Path, log_level: str,
            egress_resolver: str | None = None, egress_ca_file: Path | None = None,
            allow_mount_endpoints: Sequence[str] = (),
-           call_timeout_s: float | None = None, max_memory_mib: int | None = None) -> int:
+           call_timeout_s: float | None = None, max_memory_mib: int | None = None,
+           insecure_registries: Sequence[str] = ()) -> int:
     import uvicorn
 
     from pulumi_leap0.backend import runtime
@@ -114,7 +128,8 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
     )
     runner = runtime.make_runner(data_dir / "sandboxes", egress_resolver=egress_resolver,
                                  egress_ca_file=egress_ca_file,
-                                 allow_mount_endpoints=allow_mount_endpoints)
+                                 allow_mount_endpoints=allow_mount_endpoints,
+                                 insecure_registries=insecure_registries)
     app = create_app(data_dir, runner=runner, call_timeout_s=call_timeout_s or CALL_TIMEOUT_S,
                      memory_capacity_mib=max_memory_mib)
     # httptools and uvloop when installed ("auto"): they roughly double GET throughput.
@@ -165,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.host, args.port, data_dir, args.log_level, args.egress_resolver,
                       args.egress_ca_file, args.allow_mount_endpoints, args.call_timeout,
-                      args.max_memory_mib)
+                      args.max_memory_mib, args.insecure_registries)
     if args.command == "api-key":
         return _api_key_create(args.org, data_dir)
     return _doctor(data_dir)

@@ -30,9 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 import anyio
@@ -48,8 +51,12 @@ from pulumi_leap0.backend.store import (
     NoCapacity,
     QuotaExceeded,
     SandboxRecord,
+    SnapshotConflict,
+    SnapshotRecord,
     Store,
+    TemplateConflict,
 )
+from pulumi_leap0.backend.templates import Templates
 
 log = logging.getLogger("leap0.backend")
 
@@ -68,17 +75,22 @@ EXECUTE_GRACE_S = 15.0
 
 
 class Lifecycle:
-    def __init__(self, store: Store, runner: runtime.Runner, *,
+    def __init__(self, store: Store, runner: runtime.Runner, *, snapshot_dir: Path,
                  shares: Shares | None = None, call_timeout_s: float = CALL_TIMEOUT_S,
                  memory_capacity_mib: int | None = None) -> None:
         self.store = store
         self.runner = runner
+        #: Snapshot archives, a folder per organization (``snapshot_path``).
+        self.snapshot_dir = snapshot_dir
+        #: Restores in flight per snapshot id: their snapshot cannot be deleted under them.
+        self._restoring: Counter[str] = Counter()
         #: MiB of memory all sandboxes may hold at once (``backend/capacity.py``); None: any.
         self.memory_capacity_mib = memory_capacity_mib
         self.shares = shares or Shares()
         self.call_timeout_s = call_timeout_s
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self.templates = Templates(store, runner)
 
     # --- Plumbing -----------------------------------------------------------------------------
 
@@ -142,14 +154,22 @@ class Lifecycle:
     # --- Create -------------------------------------------------------------------------------
 
     async def create(self, org_id: str, request: spec.SandboxCreateRequest) -> SandboxRecord:
-        try:
-            disk = self.runner.disk_mib(request.template_name)
-        except runtime.RunnerError:  # its one complaint here: a template it does not know
-            raise invalid("template_name", "must name a known template") from None
+        # The caller's own templates and the system ones; never another organization's.
+        template = self.store.template_named(org_id, request.template_name)
+        if template is not None:
+            disk = runtime.IMAGE_DISK_MIB
+        else:
+            try:
+                disk = self.runner.disk_mib(request.template_name)
+            except runtime.RunnerError:  # its one complaint here: a template it does not know
+                raise invalid("template_name", "must name a known template") from None
         try:
             record = self.store.insert_sandbox(
-                org_id, request, disk=disk, memory_capacity_mib=self.memory_capacity_mib
+                org_id, request, disk=disk, memory_capacity_mib=self.memory_capacity_mib,
+                template_id=template.id if template is not None else None,
             )
+        except TemplateConflict:
+            raise invalid("template_name", "must name a known template") from None
         except QuotaExceeded as exc:
             raise conflict(
                 f"sandbox limit reached: an organization may have at most "
@@ -158,15 +178,22 @@ class Lifecycle:
             ) from None
         except NoCapacity:
             raise _no_capacity(request.memory) from None
+        return await self._launch(record)
+
+    async def _launch(self, record: SandboxRecord, seed: Path | None = None) -> SandboxRecord:
+        """Boot a sandbox just inserted (``starting``), seeded with a snapshot's files."""
         async with self._lock(record.id):
             try:
-                await self._run(self.runner.start, runtime.sandbox_config(record))
+                await self._run(self.runner.start, self._config(record, seed=seed))
             except Exception as exc:
                 # Nothing half-made is left behind, and the quota slot is given back.
                 log.error("sandbox %s failed to start: %s: %s", record.id, type(exc).__name__, exc)
                 with contextlib.suppress(Exception):
                     await self._run(self.runner.destroy, record.id)
                 self.store.forget_sandbox(record.id)
+                if isinstance(exc, runtime.SeedTooLarge):
+                    raise invalid("snapshot_name", f"its files do not fit in the restored "
+                                  f"sandbox's disk of {record.disk} MiB") from None
                 if isinstance(exc, runtime.RunnerError) and record.mounts:
                     # The one part of a valid request that can fail on the outside world.
                     raise invalid("mounts", f"could not be attached: {exc}") from None
@@ -175,6 +202,18 @@ class Lifecycle:
                 record.id, S.RUNNING, launched=True, deadline_ts=time.time() + record.timeout
             )
         return self._reload(record.id)
+
+    def _config(self, record: SandboxRecord, *,
+                seed: Path | None = None) -> runtime.SandboxConfig:
+        """The runner's config, with the image of the sandbox's user template, if any, and
+        ``seed``, a snapshot's files, for a restore."""
+        image = None
+        if record.template_id is not None:
+            template = self.store.get_template(record.template_id)
+            if template is None:
+                raise ApiError(409, "the sandbox's template is gone")
+            image = runtime.image_of(self.runner, template)
+        return runtime.sandbox_config(record, image, seed=seed)
 
     # --- Pause, resume, stop, start -----------------------------------------------------------
 
@@ -251,7 +290,7 @@ class Lifecycle:
             except NoCapacity:
                 raise _no_capacity(record.memory) from None
             try:
-                await self._run(self.runner.start, runtime.sandbox_config(record))
+                await self._run(self.runner.start, self._config(record))
             except Exception as exc:
                 log.error("sandbox %s failed to start: %s: %s", sandbox_id, type(exc).__name__, exc)
                 self.store.set_state(sandbox_id, S.STOPPED)
@@ -279,6 +318,126 @@ class Lifecycle:
             await self._run(self.runner.destroy, sandbox_id)
         self.store.forget_sandbox(sandbox_id)
         self._locks.pop(sandbox_id, None)
+
+    # --- Snapshots ----------------------------------------------------------------------------
+
+    def snapshot_path(self, snapshot: SnapshotRecord) -> Path:
+        """Where a snapshot's archive is: a folder per organization, root's alone (0700),
+        since an archive holds a tenant's files and the host's other users are not it."""
+        folder = self.snapshot_dir / snapshot.org_id
+        for d in (self.snapshot_dir, folder):
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        return folder / f"{snapshot.id}.tar"
+
+    async def snapshot(self, sandbox: SandboxRecord,
+                       body: spec.SnapshotCreateRequest) -> SnapshotRecord:
+        """Capture a running or paused sandbox's files and configuration; then it is as it
+        was, or deleted with ``kill_sandbox_after``."""
+        async with self._lock(sandbox.id):
+            record = self._reload(sandbox.id)
+            if record.state not in (S.RUNNING, S.PAUSED):
+                raise conflict(f"the sandbox is {record.state.value}; only a running or "
+                               "paused sandbox can be snapshot")
+            try:
+                snapshot = self.store.insert_snapshot(record, body.name)
+            except SnapshotConflict as exc:
+                raise conflict(str(exc)) from None
+            dest = self.snapshot_path(snapshot)
+            self.store.set_state(record.id, S.SNAPSHOTTING)
+            try:
+                # The runner gives up at spec.SNAPSHOT_TIMEOUT_S; this is the backstop.
+                size = await self._run_within(
+                    spec.SNAPSHOT_TIMEOUT_S + 30.0, record.org_id, runtime.snapshot,
+                    self.runner, record.id, dest, keep_frozen=body.kill_sandbox_after)
+            except Exception as exc:
+                self.store.forget_snapshot(snapshot.id)
+                with contextlib.suppress(OSError):
+                    dest.unlink()
+                self.store.set_state(record.id, record.state)
+                if isinstance(exc, ApiError):
+                    raise
+                if isinstance(exc, runtime.RunnerError):
+                    # Runner messages carry no credentials; this one is about the tenant's files.
+                    raise conflict(f"the snapshot could not be made: {exc}") from None
+                raise
+            self.store.snapshot_ready(snapshot.id, size)
+            if body.kill_sandbox_after:
+                await self._delete_locked(record.id)
+            else:
+                self.store.set_state(record.id, record.state)
+        made = self.store.get_snapshot(snapshot.id)
+        assert made is not None
+        return made
+
+    async def restore(self, org_id: str, body: spec.SnapshotRestoreRequest) -> SandboxRecord:
+        """A new sandbox with the snapshot's template, vcpu, memory, disk, environment and
+        files; ``timeout``, ``auto_pause`` and ``network_policy`` from the request (the
+        policy of the snapshot when the request has none). The quota is the sandbox
+        quota, answered as the document answers a restore: 429."""
+        snapshot = self.store.snapshot_by_name(org_id, body.snapshot_name)
+        if snapshot is None:
+            raise not_found("snapshot")
+        request = spec.SandboxCreateRequest(
+            template_name=snapshot.template_name, env_vars=snapshot.env_vars,
+            vcpu=snapshot.vcpu, memory=snapshot.memory, timeout=body.timeout,
+            auto_pause=body.auto_pause,
+            network_policy=body.network_policy or snapshot.network_policy)
+        # Resolved as a create resolves it: the organization's own templates, then the
+        # system ones (a user template renamed or deleted since is gone for the snapshot).
+        template = self.store.template_named(org_id, snapshot.template_name)
+        if template is None:
+            try:
+                self.runner.disk_mib(snapshot.template_name)
+            except runtime.RunnerError:
+                raise conflict("the snapshot's template no longer exists") from None
+        self._restoring[snapshot.id] += 1
+        try:
+            try:
+                record = self.store.insert_sandbox(
+                    org_id, request, disk=snapshot.disk,
+                    memory_capacity_mib=self.memory_capacity_mib,
+                    template_id=template.id if template is not None else None)
+            except QuotaExceeded as exc:
+                raise ApiError(429, f"sandbox limit reached: an organization may have at "
+                               f"most {spec.MAX_SANDBOXES_PER_ORG} sandboxes and this one "
+                               f"has {exc.existing}; delete one first") from None
+            except NoCapacity:
+                raise _no_capacity(request.memory) from None
+            return await self._launch(record, seed=self.snapshot_path(snapshot))
+        finally:
+            self._restoring[snapshot.id] -= 1
+            if not self._restoring[snapshot.id]:
+                del self._restoring[snapshot.id]
+
+    async def delete_snapshot(self, org_id: str, snapshot_id: str) -> None:
+        snapshot = self.store.get_snapshot(snapshot_id, org_id, ready_only=False)
+        if snapshot is None:
+            raise not_found("snapshot")
+        if not snapshot.ready:
+            raise conflict("the snapshot is being created; try again when it is made")
+        if self._restoring[snapshot.id]:
+            raise conflict("the snapshot is in use: a sandbox is being restored from it")
+        self.store.forget_snapshot(snapshot.id)
+        path = self.snapshot_path(snapshot)
+        await self._run(path.unlink, missing_ok=True)
+
+    async def _recover_snapshots(self) -> None:
+        """After a restart: snapshots whose making was cut short are forgotten, and
+        archives that belong to no snapshot (a crash between the two) are removed."""
+        keep: set[Path] = set()
+        for snapshot in self.store.all_snapshots():
+            if snapshot.ready:
+                keep.add(self.snapshot_path(snapshot))
+            else:
+                self.store.forget_snapshot(snapshot.id)
+        def sweep() -> None:
+            for path in self.snapshot_dir.glob("*/*"):
+                if path not in keep:
+                    log.info("removing the orphaned snapshot archive %s", path.name)
+                    path.unlink(missing_ok=True)
+        if self.snapshot_dir.is_dir():
+            await self._run(sweep)
 
     # --- Mounts -------------------------------------------------------------------------------
 
@@ -390,6 +549,8 @@ class Lifecycle:
 
     async def recover(self) -> None:
         """Make the store tell the truth about sandboxes after a restart."""
+        self.store.drop_unfinished_templates()
+        await self._recover_snapshots()
         records = self.store.all_live_sandboxes()
         # Every sandbox we still own is "known", stopped ones included: the runner destroys
         # whatever is not known (orphans), and a stopped sandbox's disk must survive.

@@ -150,3 +150,20 @@ class ListQuery(_Body):
         le=spec.LIST_PAGE_SIZE_MAX,
         alias="page-size",
     )
+
+
+class SnapshotListQuery(_Body):
+    """The query of ``GET /v1/snapshots``: ``query`` matches part of a name, any case."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    query: str = Field(default="", max_length=spec.MAX_SNAPSHOT_NAME_CHARS)
+    sort: Literal["created_at", "template_id"] = "created_at"
+    order_by: Literal["asc", "desc"] = Field(default="desc", alias="order-by")
+    page: int = Field(default=1, ge=1)
+    page_size: int = Field(
+        default=spec.LIST_PAGE_SIZE_DEFAULT,
+        ge=1,
+        le=spec.LIST_PAGE_SIZE_MAX,
+        alias="page-size",
+    )

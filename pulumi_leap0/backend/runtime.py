@@ -25,7 +25,8 @@ from starlette.requests import ClientDisconnect
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import gitcalls, models
 from pulumi_leap0.backend.errors import ApiError, failed, invalid
-from pulumi_leap0.backend.store import MountRecord, SandboxRecord
+from pulumi_leap0.backend.store import MountRecord, SandboxRecord, TemplateRecord
+from pulumi_leap0.runner import templates as runner_templates
 from pulumi_leap0.runner.core import Runner as LinuxRunner
 from pulumi_leap0.runner.errors import (
     FileCallAborted,
@@ -37,15 +38,19 @@ from pulumi_leap0.runner.errors import (
 )
 from pulumi_leap0.runner.filecalls import FileReader
 from pulumi_leap0.runner.git import GitCredentials, GitMissing, GitNotStarted
+from pulumi_leap0.runner.images import BasicCredentials, Image, ImageStore, PullError
 from pulumi_leap0.runner.network import EgressSettings
+from pulumi_leap0.runner.snapshots import SeedTooLarge
 from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig
 
 __all__ = [
     "LinuxRunner",
     "Runner",
     "RunnerError",
+    "SandboxConfig",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
+    "SeedTooLarge",
     "make_runner",
 ]
 
@@ -61,15 +66,18 @@ Runner: TypeAlias = LinuxRunner
 
 def make_runner(root_dir: Path, *, egress_resolver: str | None = None,
                 egress_ca_file: Path | None = None,
-                allow_mount_endpoints: Sequence[str] = ()) -> LinuxRunner:
+                allow_mount_endpoints: Sequence[str] = (),
+                insecure_registries: Sequence[str] = ()) -> LinuxRunner:
     """The Linux runner. ``egress_resolver`` ("ip:port") and ``egress_ca_file`` are how the
     egress filters of custom policies resolve names and verify upstream TLS (defaults: the
     host's resolver and trust store); mounts resolve their endpoints with the same resolver.
     ``allow_mount_endpoints`` are CIDRs mount endpoints may reach although the address
-    guard refuses them."""
+    guard refuses them. Container images of templates live in ``images/`` beside
+    ``root_dir``; ``insecure_registries`` (``host:port``) are pulled from without TLS."""
     egress = EgressSettings(resolver=egress_resolver, upstream_ca_file=egress_ca_file,
                             allow_mount_endpoints=tuple(allow_mount_endpoints))
-    return LinuxRunner(root_dir, egress=egress)
+    images = ImageStore(root_dir.parent / "images", insecure_registries)
+    return LinuxRunner(root_dir, egress=egress, images=images)
 
 
 def capability_report(runner: Runner) -> dict[str, object]:
@@ -80,16 +88,21 @@ def capability_report(runner: Runner) -> dict[str, object]:
 # --- Configs --------------------------------------------------------------------------------
 
 
-def sandbox_config(record: SandboxRecord) -> SandboxConfig:
+def sandbox_config(record: SandboxRecord, image: Image | None = None, *,
+                   seed: Path | None = None) -> SandboxConfig:
+    """``image``: the root of the sandbox's user template (``image_of``), None for a
+    system template; ``seed``: a snapshot's archive, for a sandbox restored from it."""
     return SandboxConfig(
         id=record.id,
         template=record.template_name,
+        image=image,
         vcpu=record.vcpu,
         memory_mib=record.memory,
         env=dict(record.env_vars),
         network_policy=record.network_policy or spec.NetworkPolicy(mode="allow-all"),
         mounts=[mount_config(m) for m in record.mounts],
         disk_mib=record.disk,
+        seed=seed,
     )
 
 
@@ -289,6 +302,59 @@ def delete(runner: Runner, sandbox_id: str, body: models.DeleteRequest) -> None:
 
 def exists(runner: Runner, sandbox_id: str, body: models.PathRequest) -> models.ExistsResponse:
     return models.ExistsResponse(exists=runner.exists(sandbox_id, body.path))
+
+
+# --- Templates ------------------------------------------------------------------------------
+
+#: The writable layer of a sandbox of a user template (a system template says its own).
+IMAGE_DISK_MIB = runner_templates.DEFAULT_DISK_MIB
+
+#: Credential types that need a cloud's token exchange, which this backend cannot do.
+_UNSERVED_CREDENTIALS = {"aws": "AWS ECR", "gcp": "Google Artifact Registry",
+                         "azure": "Azure Container Registry"}
+
+
+def pull_image(runner: Runner, body: spec.TemplateUploadRequest) -> Image:
+    """Pull and unpack the upload's image (minutes, in a worker thread of the uploads'
+    own); ``ApiError`` 400 naming the input at fault (``uri``, ``credentials``)."""
+    credentials = None
+    if body.credentials is not None:
+        if body.credentials.type in _UNSERVED_CREDENTIALS:
+            raise invalid("credentials.type", f"this backend cannot pull with "
+                          f"{body.credentials.type} credentials (they need "
+                          f"{_UNSERVED_CREDENTIALS[body.credentials.type]}'s token "
+                          "exchange); use basic credentials")
+        assert body.credentials.username and body.credentials.password
+        credentials = BasicCredentials(body.credentials.username, body.credentials.password)
+    try:
+        return runner.images.pull(body.uri, spec.image_registry(body.uri),
+                                  credentials=credentials,
+                                  timeout_s=spec.TEMPLATE_UPLOAD_TIMEOUT_S,
+                                  max_mib=spec.MAX_TEMPLATE_IMAGE_MIB)
+    except PullError as exc:
+        raise invalid(exc.field, exc.message) from None
+
+
+def image_config(image: Image) -> spec.ImageConfig:
+    return spec.ImageConfig.model_validate(image.config)
+
+
+def image_of(runner: Runner, template: TemplateRecord) -> Image:
+    image = runner.images.get(template.digest) if template.digest else None
+    if image is None:
+        raise ApiError(409, "the template's image is gone from this backend: upload it again")
+    return image
+
+
+def has_image(runner: Runner, digest: str) -> bool:
+    return runner.images.get(digest) is not None
+
+
+def remove_image(runner: Runner, digest: str) -> None:
+    runner.images.remove(digest)
+def snapshot(runner: Runner, sandbox_id: str, dest: Path, *, keep_frozen: bool) -> int:
+    """The sandbox's files into ``dest``, a private file of the backend's; its size."""
+    return runner.snapshot(sandbox_id, dest, keep_frozen=keep_frozen)
 
 
 def git(runner: Runner, sandbox_id: str, call: gitcalls.Call) -> BaseModel:

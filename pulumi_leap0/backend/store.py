@@ -68,7 +68,36 @@ CREATE TABLE IF NOT EXISTS mounts (
     created_ts REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mounts_sandbox ON mounts(sandbox_id);
+CREATE TABLE IF NOT EXISTS templates (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    digest TEXT,
+    image_config TEXT,
+    created_at TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    template_name TEXT NOT NULL,
+    vcpu INTEGER NOT NULL,
+    memory INTEGER NOT NULL,
+    disk INTEGER NOT NULL,
+    env_vars TEXT NOT NULL,
+    network_policy TEXT,
+    ready INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    UNIQUE (org_id, name)
+);
 """
+#: Columns added after the first release, for files made before them.
+_MIGRATIONS = (("sandboxes", "template_id", "TEXT"),)
 
 
 def hash_key(key: str) -> str:
@@ -89,6 +118,14 @@ def new_mount_id() -> str:
     return spec.MOUNT_ID_PREFIX + uuid.uuid4().hex[:16]
 
 
+def new_template_id() -> str:
+    return spec.TEMPLATE_ID_PREFIX + uuid.uuid4().hex[:20]
+
+
+def new_snapshot_id() -> str:
+    return spec.SNAPSHOT_ID_PREFIX + uuid.uuid4().hex[:20]
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
@@ -99,6 +136,11 @@ class QuotaExceeded(Exception):
     def __init__(self, existing: int) -> None:
         self.existing = existing
         super().__init__(existing)
+
+
+class TemplateConflict(Exception):
+    """A name taken, the organization at its template limit, or a template in use; the
+    message says which, in the API's words."""
 
 
 class NoCapacity(Exception):
@@ -126,6 +168,27 @@ class MountRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateRecord:
+    """``digest`` is None while the upload runs: such a template is nobody's to use yet,
+    but holds its name and a place under the limit. No credentials: they served the
+    upload only."""
+
+    id: str
+    org_id: str
+    name: str
+    uri: str
+    digest: str | None
+    image_config: spec.ImageConfig | None
+    created_at: str
+
+    def public(self) -> spec.Template:
+        assert self.digest is not None and self.image_config is not None
+        return spec.Template(id=self.id, name=self.name, digest=self.digest,
+                             image_config=self.image_config, is_system=False,
+                             created_at=self.created_at)
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxRecord:
     id: str
     org_id: str
@@ -144,6 +207,8 @@ class SandboxRecord:
     launch_time: str | None
     deadline_ts: float
     mounts: tuple[MountRecord, ...]
+    #: The user template it boots from (``tpl-...``); None for a system template.
+    template_id: str | None = None
 
     def public(self) -> spec.Sandbox:
         """The sandbox as the API shows it: no env values, no mount credentials."""
@@ -190,11 +255,49 @@ def public_network_policy(policy: spec.NetworkPolicy | None) -> spec.NetworkPoli
     return policy.model_copy(update={"transforms": transforms})
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """A snapshot: the configuration it restores (env values and header values included,
+    like a sandbox's) beside its archive (``Lifecycle`` knows where that is). ``ready`` is
+    false while it is being made: the name is taken, nothing can restore it yet."""
+
+    id: str
+    org_id: str
+    name: str
+    template_name: str
+    vcpu: int
+    memory: int
+    disk: int
+    env_vars: dict[str, str]
+    network_policy: spec.NetworkPolicy | None
+    ready: bool
+    size_bytes: int
+    created_at: str
+    created_ts: float
+
+    def public(self) -> spec.Snapshot:
+        return spec.Snapshot(
+            id=self.id, name=self.name, template_id=self.template_name, vcpu=self.vcpu,
+            memory=self.memory, disk=self.disk, created_at=self.created_at,
+            network_policy=public_network_policy(self.network_policy),
+        )
+
+
+class SnapshotConflict(Exception):
+    """A name taken in the organization, or the organization at its snapshot limit."""
+
+
 _SANDBOX_COLUMNS = (
     "id, org_id, template_name, vcpu, memory, disk, timeout, auto_pause, env_vars, "
     "network_policy, state, created_at, created_ts, state_changed_at, launch_time, deadline_ts"
 )
+_TEMPLATE_COLUMNS = "id, org_id, name, uri, digest, image_config, created_at"
 _SORT_COLUMNS: Final = {"created_at": "created_ts", "state": "state"}
+_SNAPSHOT_COLUMNS = (
+    "id, org_id, name, template_name, vcpu, memory, disk, env_vars, network_policy, ready, "
+    "size_bytes, created_at, created_ts"
+)
+_SNAPSHOT_SORT_COLUMNS: Final = {"created_at": "created_ts", "template_id": "template_name"}
 
 
 class Store:
@@ -219,6 +322,10 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            for table, column, kind in _MIGRATIONS:
+                have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         for suffix in ("-wal", "-shm"):
             side = Path(f"{path}{suffix}")
             if side.exists():
@@ -282,12 +389,19 @@ class Store:
         disk: int,
         limit: int = spec.MAX_SANDBOXES_PER_ORG,
         memory_capacity_mib: int | None = None,
+        template_id: str | None = None,
     ) -> SandboxRecord:
         """Insert a new sandbox in ``starting``, unless the organization is at its limit
-        (``QuotaExceeded``) or its memory does not fit in the capacity (``NoCapacity``)."""
+        (``QuotaExceeded``) or its memory does not fit in the capacity (``NoCapacity``).
+        ``template_id``: its user template, which must still exist (``TemplateConflict``):
+        in the same transaction as a template's delete checks for its sandboxes."""
         sandbox_id = new_sandbox_id()
         now = time.time()
         with self._transaction() as db:
+            if template_id is not None and db.execute(
+                    "SELECT 1 FROM templates WHERE id = ? AND digest IS NOT NULL",
+                    (template_id,)).fetchone() is None:
+                raise TemplateConflict("the template was deleted meanwhile")
             (existing,) = db.execute(
                 "SELECT COUNT(*) FROM sandboxes WHERE org_id = ? AND state != ?",
                 (org_id, spec.SandboxState.DELETED.value),
@@ -319,6 +433,9 @@ class Store:
                     now + request.timeout,
                 ),
             )
+            if template_id is not None:
+                db.execute("UPDATE sandboxes SET template_id = ? WHERE id = ?",
+                           (template_id, sandbox_id))
             for offset, mount in enumerate(request.mounts):
                 db.execute(
                     "INSERT INTO mounts (id, sandbox_id, config, created_ts) VALUES (?, ?, ?, ?)",
@@ -332,7 +449,8 @@ class Store:
         """The sandbox (of ``org_id`` when given); ``None`` when unknown, foreign or deleted."""
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE id = ? AND state != ?",
+                f"SELECT {_SANDBOX_COLUMNS}, template_id FROM sandboxes "
+                "WHERE id = ? AND state != ?",
                 (sandbox_id, spec.SandboxState.DELETED.value),
             ).fetchone()
             if row is None or (org_id is not None and row["org_id"] != org_id):
@@ -371,7 +489,8 @@ class Store:
                 # sets no largest page, so an empty page is the answer, not an overflow.
                 return [], int(total)
             rows = self._db.execute(
-                f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE {where} ORDER BY {order} "
+                f"SELECT {_SANDBOX_COLUMNS}, template_id FROM sandboxes WHERE {where} "
+                f"ORDER BY {order} "
                 "LIMIT ? OFFSET ?",
                 [*args, page_size, offset],
             ).fetchall()
@@ -380,7 +499,7 @@ class Store:
     def all_live_sandboxes(self) -> list[SandboxRecord]:
         """Every sandbox not yet deleted, of every organization (startup and the reaper)."""
         rows = self._query(
-            f"SELECT {_SANDBOX_COLUMNS} FROM sandboxes WHERE state != ?",
+            f"SELECT {_SANDBOX_COLUMNS}, template_id FROM sandboxes WHERE state != ?",
             (spec.SandboxState.DELETED.value,),
         )
         return [r for r in (self.get_sandbox(row["id"]) for row in rows) if r is not None]
@@ -465,9 +584,194 @@ class Store:
         with self._transaction() as db:
             db.execute("DELETE FROM mounts WHERE id = ? AND sandbox_id = ?", (mount_id, sandbox_id))
 
+    # --- Templates --------------------------------------------------------------------------
+
+    def reserve_template(self, org_id: str, name: str, uri: str,
+                         limit: int = spec.MAX_TEMPLATES_PER_ORG) -> str:
+        """A template row without an image yet (its upload runs): the limit and the name
+        are claimed in one transaction, so concurrent uploads cannot exceed or share them."""
+        template_id = new_template_id()
+        now = time.time()
+        with self._transaction() as db:
+            (existing,) = db.execute("SELECT COUNT(*) FROM templates WHERE org_id = ?",
+                                     (org_id,)).fetchone()
+            if existing >= limit:
+                raise TemplateConflict(
+                    f"template limit reached: an organization may have at most {limit} "
+                    "templates; delete one first")
+            if db.execute("SELECT 1 FROM templates WHERE org_id = ? AND name = ?",
+                          (org_id, name)).fetchone():
+                raise TemplateConflict("name: a template of this name already exists")
+            db.execute(f"INSERT INTO templates ({_TEMPLATE_COLUMNS}, created_ts) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (template_id, org_id, name, uri, None, None, iso(now), now))
+        return template_id
+
+    def complete_template(self, template_id: str, digest: str,
+                          image_config: spec.ImageConfig) -> TemplateRecord:
+        with self._transaction() as db:
+            db.execute("UPDATE templates SET digest = ?, image_config = ? WHERE id = ?",
+                       (digest, image_config.model_dump_json(), template_id))
+        record = self.get_template(template_id)
+        assert record is not None
+        return record
+
+    def drop_template(self, template_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM templates WHERE id = ?", (template_id,))
+
+    def drop_unfinished_templates(self) -> None:
+        """Uploads a restart interrupted: nothing of them is left to finish."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM templates WHERE digest IS NULL")
+
+    def get_template(self, template_id: str, org_id: str | None = None) -> TemplateRecord | None:
+        """A finished template (of ``org_id``, if given)."""
+        rows = self._query(
+            f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE id = ? AND digest IS NOT NULL"
+            + (" AND org_id = ?" if org_id is not None else ""),
+            (template_id, org_id) if org_id is not None else (template_id,))
+        return _template(rows[0]) if rows else None
+
+    def template_named(self, org_id: str, name: str) -> TemplateRecord | None:
+        rows = self._query(
+            f"SELECT {_TEMPLATE_COLUMNS} FROM templates "
+            "WHERE org_id = ? AND name = ? AND digest IS NOT NULL", (org_id, name))
+        return _template(rows[0]) if rows else None
+
+    def rename_template(self, template_id: str, name: str) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT org_id FROM templates WHERE id = ?",
+                             (template_id,)).fetchone()
+            if row is None:
+                return
+            taken = db.execute("SELECT 1 FROM templates WHERE org_id = ? AND name = ? "
+                               "AND id != ?", (row["org_id"], name, template_id)).fetchone()
+            if taken:
+                raise TemplateConflict("name: a template of this name already exists")
+            db.execute("UPDATE templates SET name = ? WHERE id = ?", (name, template_id))
+
+    def delete_template(self, template_id: str) -> bool:
+        """Delete the template unless a sandbox still uses it (``TemplateConflict`` naming
+        them). Returns whether another template still holds its image."""
+        with self._transaction() as db:
+            users = [r["id"] for r in db.execute(
+                "SELECT id FROM sandboxes WHERE template_id = ? AND state != ? ORDER BY id",
+                (template_id, spec.SandboxState.DELETED.value))]
+            if users:
+                raise TemplateConflict(
+                    "the template is in use by sandbox" + ("es " if len(users) > 1 else " ")
+                    + ", ".join(users) + ": delete them first")
+            row = db.execute("SELECT digest FROM templates WHERE id = ?",
+                             (template_id,)).fetchone()
+            db.execute("DELETE FROM templates WHERE id = ?", (template_id,))
+            if row is None or row["digest"] is None:
+                return False
+            return db.execute("SELECT 1 FROM templates WHERE digest = ?",
+                              (row["digest"],)).fetchone() is not None
+
+    def template_digests(self) -> set[str]:
+        return {r["digest"] for r in self._query(
+            "SELECT DISTINCT digest FROM templates WHERE digest IS NOT NULL")}
+
+
+    # --- Snapshots ----------------------------------------------------------------------------
+
+    def insert_snapshot(self, sandbox: SandboxRecord, name: str | None,
+                        limit: int = spec.MAX_SNAPSHOTS_PER_ORG) -> SnapshotRecord:
+        """A snapshot of ``sandbox``'s configuration, not yet ready: the name and a place
+        under the organization's limit are taken in the same transaction, so two creates
+        cannot both get one name or overshoot the limit."""
+        snapshot_id = new_snapshot_id()
+        name = name or snapshot_id
+        now = time.time()
+        with self._transaction() as db:
+            (existing,) = db.execute(
+                "SELECT COUNT(*) FROM snapshots WHERE org_id = ?", (sandbox.org_id,)
+            ).fetchone()
+            if existing >= limit:
+                raise SnapshotConflict(
+                    f"snapshot limit reached: an organization may keep at most {limit} "
+                    "snapshots; delete one first")
+            if db.execute("SELECT 1 FROM snapshots WHERE org_id = ? AND name = ?",
+                          (sandbox.org_id, name)).fetchone():
+                raise SnapshotConflict("a snapshot of this name already exists")
+            policy = sandbox.network_policy
+            db.execute(
+                f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+                (snapshot_id, sandbox.org_id, name, sandbox.template_name, sandbox.vcpu,
+                 sandbox.memory, sandbox.disk, json.dumps(sandbox.env_vars),
+                 policy.model_dump_json() if policy else None, iso(now), now),
+            )
+        record = self.get_snapshot(snapshot_id, ready_only=False)
+        assert record is not None
+        return record
+
+    def snapshot_ready(self, snapshot_id: str, size_bytes: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE snapshots SET ready = 1, size_bytes = ? WHERE id = ?",
+                       (size_bytes, snapshot_id))
+
+    def get_snapshot(self, snapshot_id: str, org_id: str | None = None, *,
+                     ready_only: bool = True) -> SnapshotRecord | None:
+        rows = self._query(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ?",
+                           (snapshot_id,))
+        record = _snapshot(rows[0]) if rows else None
+        if record is None or (org_id is not None and record.org_id != org_id) or (
+                ready_only and not record.ready):
+            return None
+        return record
+
+    def snapshot_by_name(self, org_id: str, name: str) -> SnapshotRecord | None:
+        rows = self._query(
+            f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE org_id = ? AND name = ? "
+            "AND ready = 1", (org_id, name))
+        return _snapshot(rows[0]) if rows else None
+
+    def list_snapshots(self, org_id: str, *, query: str, sort: str, descending: bool,
+                       page: int, page_size: int) -> tuple[list[SnapshotRecord], int]:
+        # instr, not LIKE: a name's '%' and '_' are letters to the caller, not wildcards.
+        where = "org_id = ? AND ready = 1 AND instr(lower(name), lower(?)) > 0"
+        args: list[Any] = [org_id, query]
+        direction = "DESC" if descending else "ASC"
+        order = (f"{_SNAPSHOT_SORT_COLUMNS[sort]} {direction}, created_ts {direction}, "
+                 f"id {direction}")
+        offset = (page - 1) * page_size
+        with self._lock:
+            (total,) = self._db.execute(
+                f"SELECT COUNT(*) FROM snapshots WHERE {where}", args).fetchone()
+            if offset >= total:
+                return [], int(total)
+            rows = self._db.execute(
+                f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE {where} ORDER BY {order} "
+                "LIMIT ? OFFSET ?", [*args, page_size, offset]).fetchall()
+        return [_snapshot(row) for row in rows], int(total)
+
+    def all_snapshots(self) -> list[SnapshotRecord]:
+        """Every snapshot of every organization, made or being made (startup)."""
+        rows = self._query(f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots")
+        return [_snapshot(row) for row in rows]
+
+    def forget_snapshot(self, snapshot_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
 
 class MountConflict(Exception):
     pass
+
+
+def _snapshot(row: sqlite3.Row) -> SnapshotRecord:
+    policy = row["network_policy"]
+    return SnapshotRecord(
+        id=row["id"], org_id=row["org_id"], name=row["name"],
+        template_name=row["template_name"], vcpu=row["vcpu"], memory=row["memory"],
+        disk=row["disk"], env_vars=json.loads(row["env_vars"]),
+        network_policy=spec.NetworkPolicy.model_validate_json(policy) if policy else None,
+        ready=bool(row["ready"]), size_bytes=row["size_bytes"], created_at=row["created_at"],
+        created_ts=row["created_ts"],
+    )
 
 
 def _claim_memory(db: sqlite3.Connection, memory: int, capacity: int | None) -> None:
@@ -480,6 +784,16 @@ def _claim_memory(db: sqlite3.Connection, memory: int, capacity: int | None) -> 
     ).fetchone()
     if held + memory > capacity:
         raise NoCapacity()
+
+
+def _template(row: sqlite3.Row) -> TemplateRecord:
+    config = row["image_config"]
+    return TemplateRecord(
+        id=row["id"], org_id=row["org_id"], name=row["name"], uri=row["uri"],
+        digest=row["digest"],
+        image_config=spec.ImageConfig.model_validate_json(config) if config else None,
+        created_at=row["created_at"],
+    )
 
 
 def _sandbox(row: sqlite3.Row, mounts: Sequence[sqlite3.Row]) -> SandboxRecord:
@@ -505,4 +819,5 @@ def _sandbox(row: sqlite3.Row, mounts: Sequence[sqlite3.Row]) -> SandboxRecord:
             MountRecord(id=m["id"], config=spec.MountRequest.model_validate_json(m["config"]))
             for m in mounts
         ),
+        template_id=row["template_id"],
     )

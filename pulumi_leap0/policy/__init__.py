@@ -1,4 +1,5 @@
-"""Guardrails for ``leap0.Sandbox``, as pulumi-policy policies that run at preview time.
+"""Guardrails for ``leap0.Sandbox`` and ``leap0.Template``, as pulumi-policy policies that
+run at preview time.
 
 Use them in a pack (see ``examples/policy-pack``)::
 
@@ -18,11 +19,16 @@ leap0-allowed-templates        mandatory allowed_templates: names, or "x/" prefi
 leap0-read-only-mounts         mandatory none
 leap0-reviewed-transform-...   mandatory reviewed_domains: where transforms may go ([])
 leap0-stack-sandbox-limit      mandatory max_sandboxes (the organization limit, 3)
+leap0-approved-registries      mandatory approved_registries: registries ("host[:port]")
+                                         or image prefixes ("host/org/") templates may
+                                         pull from ([]: none until a team approves some)
 ============================== ========= ===================================================
 
-Egress, templates, mounts, transforms and the stack limit are mandatory because getting them
-wrong exposes data or credentials or fails ``pulumi up`` halfway; the ceilings are advisory
-because they are a cost decision a team may knowingly make.
+Egress, templates, mounts, transforms, registries and the stack limit are mandatory because
+getting them wrong exposes data or credentials (an image from anywhere runs as the team's
+code, and its registry sees the credentials) or fails ``pulumi up`` halfway; the ceilings
+are advisory because they are a cost decision a team may knowingly make. A sandbox of a
+user template also needs the template allowed by ``leap0-allowed-templates``.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from pulumi_policy import (
 )
 
 from pulumi_leap0 import spec
-from pulumi_leap0.resource import SANDBOX_TYPE
+from pulumi_leap0.resource import SANDBOX_TYPE, TEMPLATE_TYPE
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "leap0-egress-restricted": {"exceptions": []},
@@ -50,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "leap0-read-only-mounts": {},
     "leap0-reviewed-transform-domains": {"reviewed_domains": []},
     "leap0-stack-sandbox-limit": {"max_sandboxes": spec.MAX_SANDBOXES_PER_ORG},
+    "leap0-approved-registries": {"approved_registries": []},
 }
 
 
@@ -58,10 +65,11 @@ def _config(policy: str, args: ResourceValidationArgs | StackValidationArgs) -> 
 
 
 def _sandbox_only(
-    check: Callable[[str, Mapping[str, Any], dict[str, Any], ReportViolation], None], policy: str
+    check: Callable[[str, Mapping[str, Any], dict[str, Any], ReportViolation], None], policy: str,
+    resource_type: str = SANDBOX_TYPE,
 ) -> Callable[[ResourceValidationArgs, ReportViolation], None]:
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
-        if args.resource_type == SANDBOX_TYPE:
+        if args.resource_type == resource_type:
             check(args.name, args.props, _config(policy, args), report)
 
     return validate
@@ -137,6 +145,22 @@ def _transform_domains(name: str, props: Mapping[str, Any], config: dict[str, An
                    "'reviewed_domains' once credentials may be sent there.", None)
 
 
+def _registries(name: str, props: Mapping[str, Any], config: dict[str, Any],
+                report: ReportViolation) -> None:
+    uri = props.get("uri")
+    if not isinstance(uri, str):
+        return  # unknown until an earlier resource exists: checked when it is known
+    registry = spec.image_registry(uri)
+    approved: list[str] = config["approved_registries"]
+    reference = f"{registry}/{spec.split_image_reference(uri)[1]}"
+    if any(reference.startswith(entry.lower()) if "/" in entry else registry == entry.lower()
+           for entry in approved):
+        return
+    report(f"Template '{name}': uri {uri!r} pulls from registry {registry!r}, which is not "
+           f"approved; approved: {', '.join(approved) or 'none'} (config "
+           "'approved_registries': registries, or image prefixes ending in '/').", None)
+
+
 def _stack_limit(args: StackValidationArgs, report: ReportViolation) -> None:
     limit = int(_config("leap0-stack-sandbox-limit", args)["max_sandboxes"])
     sandboxes = [r for r in args.resources if r.resource_type == SANDBOX_TYPE]
@@ -180,6 +204,13 @@ def sandbox_policies() -> list[ResourceValidationPolicy | StackValidationPolicy]
         )
         for name, description, check, level, schema in resource_rules
     ]
+    policies.append(ResourceValidationPolicy(
+        name="leap0-approved-registries",
+        description="Templates pull only from approved registries.",
+        validate=_sandbox_only(_registries, "leap0-approved-registries", TEMPLATE_TYPE),
+        enforcement_level=EnforcementLevel.MANDATORY,
+        config_schema=_schema(approved_registries=_STRINGS),
+    ))
     policies.append(StackValidationPolicy(
         name="leap0-stack-sandbox-limit",
         description="A stack declares no more sandboxes than an organization may hold.",

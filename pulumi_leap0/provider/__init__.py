@@ -6,6 +6,8 @@
 * ``base`` -- what every provider shares: a client per call from the stack's credentials,
   waiting with backoff, deleting what a failed create made, the diff answer, errors.
 * ``sandbox`` (with ``mounts``, the sandbox's mounts) -- ``leap0.Sandbox``.
+* ``template`` -- ``leap0.Template`` (a container image uploaded as a template).
+* ``snapshot`` -- ``leap0.Snapshot``.
 
 The engine pickles each provider into its resources' state by reference (dill: module path
 and class name), and destroy and refresh use the one in state, not the program's. So every
@@ -35,6 +37,8 @@ from pulumi_leap0.provider.sandbox import (
     SandboxProvider,
     normal_inputs,
 )
+from pulumi_leap0.provider.snapshot import SnapshotProvider
+from pulumi_leap0.provider.template import TemplateProvider
 
 #: The name the sandbox provider's failures had before there was more than one provider.
 SandboxError = ProviderError
@@ -50,6 +54,8 @@ __all__ = [
     "ProviderError",
     "SandboxError",
     "SandboxProvider",
+    "SnapshotProvider",
+    "TemplateProvider",
     "credentials_fingerprint",
     "mount_state",
     "mount_states",

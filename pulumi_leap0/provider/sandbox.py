@@ -6,6 +6,10 @@ order (Terraform's scaffolding), each mapped to ``client.py``.
   using all three.
 * ``env_vars``, mount endpoints and credentials, and injected header values never come back
   from the API: outputs keep what the program last sent (credentials only as a fingerprint).
+* ``snapshot_name``: created by restore. The snapshot fixes ``spec.SNAPSHOT_FIXES``
+  (template, vcpu, memory, env_vars), so check fails naming each one also set; outputs
+  report them from the API and diff leaves them out. Everything else is as for any sandbox:
+  no ``network_policy`` is allow-all (not the snapshot's), mounts are attached after.
 """
 
 from __future__ import annotations
@@ -43,15 +47,20 @@ from pulumi_leap0.provider.base import (
 #: Inputs of our own, not of the API. ``create_timeout``: how long create waits for the
 #: sandbox to run. ``adopt_id``: an existing sandbox that create takes over instead of
 #: making a new one (``pulumi import`` does not work for dynamic providers).
-PROVIDER_INPUTS = ("create_timeout", "adopt_id")
+#: ``snapshot_name``: a snapshot that create restores instead of booting the template.
+PROVIDER_INPUTS = ("create_timeout", "adopt_id", "snapshot_name")
 #: What the API reports about a sandbox; never inputs, never a reason to update.
 COMPUTED_OUTPUTS = ("state", "template_id", "disk", "created_at")
 
 _API_INPUTS = tuple(spec.SandboxCreateRequest.model_fields)
 # adopt_id only matters when the sandbox is created: it is compared by nobody.
-_COMPARED = (*_API_INPUTS, "create_timeout")
-# template_name is the one required field: an unknown one is stood in for.
+_COMPARED = (*_API_INPUTS, "create_timeout", "snapshot_name")
+#: What replaces the sandbox: what no API call changes, and the snapshot it came from.
+REPLACES = (*spec.REPLACE_ON_CHANGE, "snapshot_name")
+# template_name is the one required field: an unknown one is stood in for, and so is the
+# template of a snapshot, which restore takes from the snapshot.
 _STAND_INS = {"template_name": "unknown"}
+_SNAPSHOT_TEMPLATE = "snapshot"
 _STARTING = {spec.SandboxState.STARTING}
 
 
@@ -66,10 +75,26 @@ def _with_mount_type(value: Any) -> Any:
 
 
 def _given(props: Mapping[str, Any]) -> dict[str, Any]:
-    """The API inputs that were set (None is "not set", as the engine sends it)."""
-    return {
+    """The API inputs that were set (None is "not set", as the engine sends it); for a
+    sandbox from a snapshot, those the snapshot does not fix."""
+    given = {
         name: _with_mount_type(props[name]) for name in _API_INPUTS if props.get(name) is not None
     }
+    if _from_snapshot(props):
+        given = {k: v for k, v in given.items() if k not in spec.SNAPSHOT_FIXES}
+        given["template_name"] = _SNAPSHOT_TEMPLATE
+    return given
+
+
+def _from_snapshot(props: Mapping[str, Any]) -> bool:
+    return props.get("snapshot_name") is not None
+
+
+def _snapshot_name(value: Any) -> str | None:
+    try:
+        return spec.validate(spec.SnapshotRestoreRequest, {"snapshot_name": value}).snapshot_name
+    except spec.SpecError:
+        return None
 
 
 def _inputs_of(request: spec.SandboxCreateRequest) -> dict[str, Any]:
@@ -92,6 +117,21 @@ def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[CheckF
         props, "adopt_id", normal_form.prefixed(spec.SANDBOX_ID_PREFIX),
         f"must be a sandbox id ({spec.SANDBOX_ID_PREFIX}...)", inputs,
     )
+    if _from_snapshot(props):
+        for name in spec.SNAPSHOT_FIXES:
+            inputs.pop(name, None)
+            if props.get(name) is not None:
+                failures.append(CheckFailure(name, "is fixed by the snapshot named in "
+                                             "snapshot_name: leave it out, the restored "
+                                             "sandbox has the snapshot's"))
+        if props.get("adopt_id") is not None:
+            failures.append(CheckFailure("adopt_id", "cannot be set with snapshot_name: a "
+                                         "sandbox is either restored or adopted"))
+        failures += normal_form.own_input(
+            props, "snapshot_name", _snapshot_name,
+            f"must be a snapshot name: 1-{spec.MAX_SNAPSHOT_NAME_CHARS} letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit", inputs,
+        )
     return inputs, failures
 
 
@@ -105,7 +145,10 @@ def _request(props: Mapping[str, Any]) -> spec.SandboxCreateRequest:
 
 
 def _comparable(props: Mapping[str, Any]) -> dict[str, Any]:
-    """What diff compares: normalized inputs, mounts without ids and credentials."""
+    """What diff compares: normalized inputs, mounts without ids and credentials. A restored
+    sandbox's outputs report what its snapshot fixed: those are not inputs."""
+    if _from_snapshot(props):
+        props = {k: v for k, v in props.items() if k not in spec.SNAPSHOT_FIXES}
     inputs, failures = normal_inputs(props)
     if failures:
         # Old outputs always validate; new inputs passed check. Compare what was written.
@@ -133,8 +176,10 @@ class SandboxProvider(Leap0Provider):
         return CheckResult(inputs, [])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = normal_form.changed(_comparable(news), _comparable(olds), _COMPARED)
-        return diff_result(news, olds, changed, spec.REPLACE_ON_CHANGE)
+        compared = [n for n in _COMPARED
+                    if not (_from_snapshot(news) and n in spec.SNAPSHOT_FIXES)]
+        changed = normal_form.changed(_comparable(news), _comparable(olds), compared)
+        return diff_result(news, olds, changed, REPLACES)
 
     # --- create ----------------------------------------------------------------------------
 
@@ -142,6 +187,8 @@ class SandboxProvider(Leap0Provider):
         request = _request(props)
         if props.get("adopt_id"):
             return self._adopt(str(props["adopt_id"]), request, props)
+        if _from_snapshot(props):
+            return self._restore(str(props["snapshot_name"]), request, props)
         with self.client() as client:
             try:
                 sandbox = client.create_sandbox(request)
@@ -167,6 +214,28 @@ class SandboxProvider(Leap0Provider):
             sandbox = client.get_sandbox(sandbox_id)
         return CreateResult(sandbox_id, {**_outputs(request, sandbox, props), "mounts": applied})
 
+    def _restore(
+        self, snapshot_name: str, request: spec.SandboxCreateRequest, props: Mapping[str, Any]
+    ) -> CreateResult:
+        """A new sandbox from the snapshot; then its mounts, as for an adopted one."""
+        restore = spec.SnapshotRestoreRequest(
+            snapshot_name=snapshot_name, timeout=request.timeout,
+            auto_pause=request.auto_pause,
+            # No policy is allow-all for every sandbox of a program, restored or not, so
+            # that omitting it never means two things (the API would take the snapshot's).
+            network_policy=request.effective_network_policy())
+        with self.client() as client:
+            try:
+                sandbox = client.restore_snapshot(restore)
+            except Leap0Error as exc:
+                raise _restore_error(exc, snapshot_name) from None
+            with deleted_on_failure(sandbox.id, lambda: _delete(client, sandbox.id)):
+                sandbox = _wait_running(client, sandbox, props)
+                applied = mounts.apply(client, sandbox.id, [], request.mounts)
+                sandbox = client.get_sandbox(sandbox.id)
+        return CreateResult(sandbox.id, {**_outputs(_restored(request, sandbox), sandbox, props),
+                                         "mounts": applied})
+
     # --- read ------------------------------------------------------------------------------
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -175,7 +244,8 @@ class SandboxProvider(Leap0Provider):
         if sandbox is None or sandbox.state in spec.GONE_STATES:
             return ReadResult("", {})
         outputs = _refreshed(props, sandbox)
-        inputs = {k: outputs[k] for k in (*_API_INPUTS, *PROVIDER_INPUTS) if k in outputs}
+        inputs = {k: outputs[k] for k in (*_API_INPUTS, *PROVIDER_INPUTS) if k in outputs
+                  and not (_from_snapshot(outputs) and k in spec.SNAPSHOT_FIXES)}
         return ReadResult(id_, outputs, inputs)
 
     # --- update ----------------------------------------------------------------------------
@@ -185,6 +255,8 @@ class SandboxProvider(Leap0Provider):
         with self.client() as client:
             applied = mounts.apply(client, id_, olds.get("mounts") or [], request.mounts)
             sandbox = client.get_sandbox(id_)
+        if _from_snapshot(news):
+            request = _restored(request, sandbox)
         return UpdateResult({**_outputs(request, sandbox, news), "mounts": applied})
 
     # --- delete ----------------------------------------------------------------------------
@@ -208,6 +280,27 @@ def _create_error(exc: Leap0Error) -> ProviderError:
         ),
         listing="GET /v1/sandboxes",
     )
+
+
+def _restore_error(exc: Leap0Error, snapshot_name: str) -> ProviderError:
+    if exc.not_found:
+        return ProviderError(f"Leap0 has no snapshot named {snapshot_name!r} in this "
+                             "organization: create it first (leap0.Snapshot), or list them "
+                             "with GET /v1/snapshots")
+    if exc.status == 429:
+        return ProviderError(
+            f"Leap0 refused the restore: {exc.message}. An organization may hold at most "
+            f"{spec.MAX_SANDBOXES_PER_ORG} sandboxes (every state but deleted counts): delete "
+            "one you no longer need, or use an API key of another organization.")
+    return create_error(exc, "sandbox", refused="", listing="GET /v1/sandboxes")
+
+
+def _restored(
+    request: spec.SandboxCreateRequest, sandbox: spec.Sandbox
+) -> spec.SandboxCreateRequest:
+    """The request as the restored sandbox has it: what its snapshot fixed, from the API."""
+    return request.model_copy(update={"template_name": sandbox.template_id,
+                                      "vcpu": sandbox.vcpu, "memory": sandbox.memory})
 
 
 def _wait_running(

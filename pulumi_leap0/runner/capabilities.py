@@ -38,6 +38,11 @@ class Capabilities:
     host_uid_per_sandbox: bool
     #: Every process of every sandbox runs under the seccomp filter (``seccomp.py``).
     seccomp: bool
+    #: A snapshot could hold the sandbox's processes too (CRIU works here). Snapshots hold
+    #: the writable layer and the configuration either way; processes are not captured by
+    #: this runner yet, so this is what ``criu check`` says, and why, in ``..._detail``.
+    snapshot_processes: bool = False
+    snapshot_processes_detail: str = ""
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -74,6 +79,21 @@ def _seccomp_works(program: bytes | None, bwrap: str | None) -> bool:
     finally:
         os.close(r)
     return out.returncode == 0
+
+
+def _criu() -> tuple[bool, str]:
+    """Whether CRIU can checkpoint processes on this kernel, and the reason in words."""
+    criu = shutil.which("criu", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if criu is None:
+        return False, "criu is not installed (Debian package criu)"
+    out = _run([criu, "check"])
+    if out is None:
+        return False, "criu check did not finish"
+    if out.returncode == 0:
+        return True, "criu check passes"
+    lines = [line for line in (out.stderr + out.stdout).splitlines() if line.strip()]
+    last = lines[-1].rstrip(".") if lines else "no output"
+    return False, f"criu check fails on this kernel: {last}"
 
 
 def probe(cgroups: Cgroups, scope: str, *, own_uids: bool = False,
@@ -119,6 +139,10 @@ def probe(cgroups: Cgroups, scope: str, *, own_uids: bool = False,
         host_uid_per_sandbox=root and own_uids,
         seccomp=_seccomp_works(seccomp_program, bwrap),
     )
+    processes, detail = _criu()
+    caps = Capabilities(**{**caps.__dict__, "snapshot_processes": False,
+                           "snapshot_processes_detail": detail if not processes else
+                           f"{detail}, but this runner does not capture processes yet"})
     missing: list[str] = []
     if not caps.bubblewrap:
         missing.append("bubblewrap (bwrap) is not installed: sandboxes cannot start.")
@@ -152,6 +176,8 @@ def probe(cgroups: Cgroups, scope: str, *, own_uids: bool = False,
         missing.append("no seccomp filter (pyseccomp and libseccomp2 are needed, and a kernel "
                        "with seccomp): sandboxes may call add_key, keyctl, bpf, io_uring and "
                        "the rest of the container default deny list.")
+    missing.append(f"snapshots hold files and configuration, not processes: "
+                   f"{caps.snapshot_processes_detail}.")
     if not caps.safe_file_access:
         missing.append("openat2 unsupported (Linux < 5.6): the filesystem API is disabled.")
     return Capabilities(**{**caps.__dict__, "missing": missing})

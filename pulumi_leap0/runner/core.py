@@ -63,8 +63,10 @@ from pulumi_leap0.runner import (
     mounts,
     network,
     seccomp,
+    snapshots,
     state,
     sysutil,
+    templates,
 )
 from pulumi_leap0.runner.capabilities import Capabilities, probe
 from pulumi_leap0.runner.cgroups import Limits
@@ -75,6 +77,7 @@ from pulumi_leap0.runner.errors import (
 )
 from pulumi_leap0.runner.exec import DEFAULT_EXEC_TIMEOUT_S, run_command
 from pulumi_leap0.runner.git import GitCredentials, GitRun, run_git
+from pulumi_leap0.runner.images import ImageStore
 from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, check_id
 from pulumi_leap0.runner.templates import Template, TemplateRegistry
 from pulumi_leap0.runner.types import (
@@ -104,8 +107,10 @@ class Runner:
     """
 
     def __init__(self, root_dir: Path, *, egress: network.EgressSettings | None = None,
-                 uids: identity.UidPool | None = None) -> None:
+                 uids: identity.UidPool | None = None,
+                 images: ImageStore | None = None) -> None:
         self.root_dir = Path(root_dir).absolute()
+        self._images = images
         self.egress = egress or network.EgressSettings()
         # Traversable, not listable: bubblewrap runs as the unprivileged sandbox uid and
         # must reach the bind sources below; state.json (it holds env values) stays 0600.
@@ -144,6 +149,14 @@ class Runner:
     def _id_lock(self, sandbox_id: str) -> threading.Lock:
         with self._lock:
             return self._locks.setdefault(sandbox_id, threading.Lock())
+
+    @property
+    def images(self) -> ImageStore:
+        """Container images of user templates (pulled, unpacked, shared read-only); by
+        default in the runner's own directory, made at first use."""
+        if self._images is None:
+            self._images = ImageStore(self.root_dir / ".images")
+        return self._images
 
     def _template(self, name: str) -> Template:
         template = self.templates.get(name)
@@ -201,7 +214,8 @@ class Runner:
         raised; a writable layer that existed before the call is kept.
         """
         check_id(config.id)
-        template = self._template(config.template)
+        template = (templates.from_image(config.template, config.image)
+                    if config.image is not None else self._template(config.template))
         check_env(config.env)
         with self._id_lock(config.id):
             existing = self._records.get(config.id)
@@ -225,22 +239,31 @@ class Runner:
         """``kept``: the record of a stopped sandbox, if any (its layer may be kept)."""
         owner = self._host_identity(config.id, kept)
         state_dir, rt = self._records.state_dir(config.id), self._records.runtime(config.id)
-        for d in (state_dir, rt):
-            d.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(state_dir, 0o711)
+        # Root's alone: state.json and bwrap.args hold env values, init.log what the chain
+        # said, and nothing that runs as another uid needs a path below.
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+        layer.make_runtime(rt, owner, privileged=self._privileged)
         if kept is not None and kept.host_uid != owner.uid:
             # Recorded under the old shared uid, or its uid was lost (a wiped /run/leap0).
             old = identity.HostIdentity(kept.host_uid, kept.host_gid, dedicated=True)
             identity.reown(rt / "layer", old, owner)
             self._records.put(dataclasses.replace(kept, host_uid=owner.uid, host_gid=owner.gid))
+        fresh = not (rt / "layer").is_dir()
         writable = layer.make_layer(rt, config.disk_mib or template.disk_mib, owner,
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
         staging = layer.make_staging(rt, privileged=self._privileged)
+        root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
+                if template.image else None)
 
         rel = self._cg(config.id)
         self._cgroups.remove(rel)  # leftovers of a crashed earlier run
         self._cgroups.create(rel, Limits(vcpu=config.vcpu, memory_mib=config.memory_mib))
+        if config.seed is not None and fresh:
+            # In the sandbox's cgroups, as its uid: its memory pays for its files.
+            snapshots.seed(config.seed, writable, owner, self._cgroups.procs_files(rel),
+                           timeout=spec.SNAPSHOT_TIMEOUT_S)
         net: network.NetworkHandle | None = None
         if self._netns:
             net = network.setup(config.id, config.network_policy, state_dir, scope=self.scope,
@@ -251,12 +274,13 @@ class Runner:
         box = SandboxState(id=config.id, template=template.name, user=template.user,
                            uid=template.uid, host_uid=owner.uid, host_gid=owner.gid,
                            workdir=template.workdir, env=env,
-                           netns=net.netns_name if net else None)
+                           netns=net.netns_name if net else None, gid=template.group,
+                           image=template.image)
         with launch.HostFds() as fds:
             options = launch.bwrap_options(
                 sandbox_id=config.id, template=template, etc_dir=etc, layer=writable,
                 staging=staging, env=env, network=net, runner_dir=self.root_dir, fd=fds,
-                seccomp=self._seccomp)
+                seccomp=self._seccomp, root=root)
             booting = launch.spawn(options, state_dir=state_dir,
                                    cgroup_procs=self._cgroups.procs_files(rel),
                                    netns_path=net.netns_path if net else None,
@@ -343,6 +367,44 @@ class Runner:
     def is_frozen(self, sandbox_id: str) -> bool:
         check_id(sandbox_id)
         return self._cgroups.is_frozen(self._cg(sandbox_id))
+
+    # --- Snapshots ------------------------------------------------------------------------
+
+    def snapshot(self, sandbox_id: str, dest: Path, *, keep_frozen: bool = False,
+                 timeout: float = spec.SNAPSHOT_TIMEOUT_S) -> int:
+        """The sandbox's writable layer as an archive at ``dest`` (``snapshots.capture``),
+        taken frozen so that it is one moment's files; returns the archive's size.
+
+        A paused sandbox stays paused; a running one is thawed after, unless
+        ``keep_frozen`` and the snapshot was made (it is about to be destroyed). The one
+        place that knows where the writable files are: ``seed`` (``SandboxConfig.seed``)
+        is its other half.
+        """
+        box = self._require(sandbox_id)
+        rel = self._cg(box.id)
+        with self._id_lock(box.id):
+            was_frozen = self._cgroups.is_frozen(rel)
+            if not was_frozen and not self._cgroups.freeze(rel):
+                self._cgroups.thaw(rel)
+                raise RunnerError("the sandbox did not freeze in time")
+            try:
+                writable = self._records.runtime(box.id) / "layer"
+                limit = self._disk_bytes(writable) + snapshots.HEADER_ALLOWANCE_BYTES
+                size = snapshots.capture(writable, dest, limit=limit, timeout=timeout)
+            except BaseException:
+                if not was_frozen:  # a failed snapshot leaves the sandbox as it found it
+                    self._cgroups.thaw(rel)
+                raise
+            if not (was_frozen or keep_frozen):
+                self._cgroups.thaw(rel)
+            return size
+
+    @staticmethod
+    def _disk_bytes(writable: Path) -> int:
+        """The layer's size limit (its tmpfs's size); a plain directory, without root,
+        has none but the file system it is on."""
+        fs = os.statvfs(writable)
+        return fs.f_blocks * fs.f_frsize
 
     # --- Teardown -------------------------------------------------------------------------
 

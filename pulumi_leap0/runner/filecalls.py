@@ -238,7 +238,7 @@ def _start(cgroups: Cgroups, box: SandboxState, rel: str) -> _Helper:
     cgroups.create(rel)
     process, control = _take()
     assignment = {"init_pid": box.init_pid, "init_start": box.init_start, "uid": box.uid,
-                  "gid": box.uid, "cgroup_procs": [str(p) for p in cgroups.procs_files(rel)]}
+                  "gid": box.group, "cgroup_procs": [str(p) for p in cgroups.procs_files(rel)]}
     helper = _Helper(process, control, (box.init_pid, box.init_start))
     try:
         control.settimeout(HELPER_START_TIMEOUT_S)

@@ -2,20 +2,21 @@
 (the host's read-only ``/usr``) as the sandbox user, in every namespace of the sandbox, so
 its network policy decides what a clone, push or pull reaches.
 
-The program is an argv, never a shell string: whoever builds ``args`` puts ``--`` before
-paths, and option-looking refs are refused before they get here (``backend/gitmodels.py``).
+The program is an argv, never a shell string: exec hands it to the sandbox's shell word by
+word, single-quoted, to ``exec`` as it is; whoever builds ``args`` puts ``--`` before paths,
+and option-looking refs are refused before they get here (``backend/gitmodels.py``).
 
 Credentials of a call reach git on a pipe, not in its argv or environment: the runner writes
 ``username=...`` and ``password=...`` into a pipe, closes its end, and the call inherits the
-read end (``exec.run_command(pass_fds=...)``) through ``nsenter`` and ``env`` into git. The
-call's only credential helper (``-c credential.helper=`` first empties the list the
-sandbox's own configuration made, so no ``store`` helper of it writes them to disk) is
-``cat /proc/self/fd/N`` of that descriptor (owned by the sandbox's host uid, so it may open
-it again): git asks it when the remote wants them, reads them once, and
-keeps them in memory for the call. Nothing of them is in any argv, environment, file or log,
-and once read the pipe is empty; a process the call leaves behind holds an empty pipe.
-Git runs as the sandbox's own user, so a process of the sandbox that watches it could ptrace
-it or read the pipe during the call (the sandbox is the credential's user for that call).
+read end (``exec.run_command(pass_fds=...)``) through ``nsenter`` and the sandbox's shell
+into git. The call's only credential helper (``-c credential.helper=`` first empties the
+list the sandbox's own configuration made, so no ``store`` helper of it writes them to
+disk) is ``cat /proc/self/fd/N`` of that descriptor (owned by the sandbox's host uid, so it
+may open it again): git asks it when the remote wants them, reads them once, and keeps them
+in memory for the call. Nothing of them is in any argv, environment, file or log, and once
+read the pipe is empty; a process the call leaves behind holds an empty pipe. Git runs as
+the sandbox's own user, so a process of the sandbox that watches it could ptrace it or read
+the pipe during the call (the sandbox is the credential's user for that call).
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ GIT_ENV = {
 GIT_CONFIG = ("gc.auto=0", "maintenance.auto=false", "color.ui=false", "core.pager=cat",
               "advice.detachedHead=false", "credential.helper=")
 
-#: Exit codes of the exec chain itself (``launch.JOIN``'s 121, ``env``'s 125 and 126), which
-#: git never uses: git did not run, and what the chain wrote names host paths. ``env``'s 127
-#: is the sandbox's own: its root has no ``/usr/bin/git`` (a template image without it).
+#: Exit codes of the exec chain itself (``launch.JOIN``'s 121, the working directory's 125,
+#: the shell's 126 for a program it cannot execute), which git never uses: git did not run,
+#: and what the chain wrote may name host paths. The shell's 127 is the sandbox's own: its
+#: root has no ``/usr/bin/git`` (a template image without it).
 CHAIN_EXIT_CODES = frozenset({121, 125, 126})
 NOT_FOUND = 127
 

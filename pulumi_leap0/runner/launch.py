@@ -36,13 +36,15 @@ from types import TracebackType
 from pulumi_leap0.runner import sysutil
 from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.identity import ETC_FILES, HostIdentity
-from pulumi_leap0.runner.layer import STAGING_SANDBOX
+from pulumi_leap0.runner.layer import STAGING_SANDBOX, exists_in
 from pulumi_leap0.runner.network import NetworkHandle
 from pulumi_leap0.runner.templates import HIDDEN_DIRS, HIDDEN_FILES, Template
 
 START_TIMEOUT_S = 15.0
-# Join every cgroup given before "--", then become the rest of the command line.
-JOIN = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 121; shift; done; '
+# Join every cgroup given before "--", then become the rest of the command line. The shell's
+# own message would name the host path of the cgroup, and an exec's stderr is the tenant's.
+JOIN = ('while [ "$#" -gt 0 ] && [ "$1" != -- ]; do { echo $$ > "$1"; } 2>/dev/null || '
+        '{ echo "leap0: could not join the sandbox\'s cgroup" >&2; exit 121; }; shift; done; '
         'shift; exec "$@"')
 # The sandbox's pid 1 (bwrap --as-pid-1): a shell, because a namespace's init ignores every
 # signal from inside that it has no handler for, so the sandbox user cannot kill it (with
@@ -119,17 +121,26 @@ class HostFds:
 
 def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: Path,
                   staging: Path | None, env: Mapping[str, str], network: NetworkHandle | None,
-                  runner_dir: Path, fd: HostFds, seccomp: bytes | None = None) -> list[str]:
+                  runner_dir: Path, fd: HostFds, seccomp: bytes | None = None,
+                  root: Path | None = None) -> list[str]:
     """Namespaces, then the root: an empty read-only tmpfs with the template's allowed top
     entries bound read-only, the layer's parts bound writable, generated identity files
     over the template's, secrets covered, the runner's own state (``runner_dir``) hidden
-    whatever the template binds, exactly ``env``, and the ``seccomp`` BPF program."""
-    uid = str(template.uid)
-    a = ["--unshare-user", "--uid", uid, "--gid", uid, "--disable-userns", "--as-pid-1",
+    whatever the template binds, exactly ``env``, and the ``seccomp`` BPF program.
+    A container image's sandbox gets its overlay ``root`` as ``/`` instead (``image_root``).
+    """
+    a = ["--unshare-user", "--uid", str(template.uid), "--gid", str(template.group),
+         "--disable-userns", "--as-pid-1",
          "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
          "--new-session", "--hostname", sandbox_id]
     if network is None:
         a.append("--unshare-net")
+    if template.image:
+        if root is None:
+            raise RunnerError("a container image's sandbox needs its root")
+        a += image_root(template=template, root=root, etc_dir=etc_dir, layer=layer,
+                        staging=staging, network=network, fd=fd)
+        return _finish(a, template, env, fd, seccomp, remount_root=False)
     rootfs = template.rootfs
     for entry in template.root_entries:
         src = rootfs / entry
@@ -137,7 +148,10 @@ def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: 
             a += ["--symlink", os.readlink(src), f"/{entry}"]
         elif src.is_dir():
             a += ["--ro-bind-fd", fd(src), f"/{entry}"]
-    a += ["--proc", "/proc", "--dev", "/dev",
+    # /dev read-only before the layer's shm goes on it: bubblewrap's /dev is a tmpfs of its
+    # own, which the sandbox could otherwise fill past its disk limit. The device nodes on
+    # it stay usable: a read-only mount refuses writes to files, not to devices.
+    a += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
           "--bind-fd", fd(layer / "shm"), "/dev/shm",
           "--bind-fd", fd(layer / "tmp"), "/tmp",
           "--dir", "/var", "--bind-fd", fd(layer / "vartmp"), "/var/tmp",
@@ -168,7 +182,41 @@ def bwrap_options(*, sandbox_id: str, template: Template, etc_dir: Path, layer: 
                 a += ["--ro-bind-fd", fd(host_path), inside]
     if template.workdir != template.home:
         a += ["--dir", template.workdir]
-    a += ["--remount-ro", "/", "--chdir", template.workdir, "--clearenv"]
+    return _finish(a, template, env, fd, seccomp, remount_root=True)
+
+
+def image_root(*, template: Template, root: Path, etc_dir: Path, layer: Path,
+               staging: Path | None, network: NetworkHandle | None, fd: HostFds) -> list[str]:
+    """The image's overlay (``layer.make_root``, its mount points made there) bound as
+    ``/``, writable; then the kernel file systems, the layer's scratch directories and the
+    generated host name files over it. The image's own /etc/passwd stays: its users are
+    the image's, not the host's, and its user's home and working directory are in the
+    overlay (``make_root`` gave them to the user)."""
+    a = ["--bind-fd", fd(root), "/", "--proc", "/proc", "--dev", "/dev",
+         "--bind-fd", fd(layer / "shm"), "/dev/shm",
+         "--bind-fd", fd(layer / "tmp"), "/tmp",
+         "--bind-fd", fd(layer / "vartmp"), "/var/tmp"]
+    for name in IMAGE_ETC_FILES:
+        a += ["--ro-bind-fd", fd(etc_dir / name), f"/etc/{name}"]
+    if staging is not None:
+        a += ["--bind-fd", fd(staging), STAGING_SANDBOX]
+    if network is not None:
+        for host_path, inside in network.extra_ro_binds:
+            # Over a file of the image's only (resolved inside its root, not the host's).
+            if inside.startswith("/run/leap0/") or exists_in(root, inside):
+                a += ["--ro-bind-fd", fd(host_path), inside]
+    return a
+
+
+#: Of the generated identity files, what an image's sandbox gets (see ``image_root``).
+IMAGE_ETC_FILES = ("hostname", "hosts")
+
+
+def _finish(a: list[str], template: Template, env: Mapping[str, str], fd: HostFds,
+            seccomp: bytes | None, *, remount_root: bool) -> list[str]:
+    if remount_root:
+        a += ["--remount-ro", "/"]
+    a += ["--chdir", template.workdir, "--clearenv"]
     if seccomp is not None:
         a += ["--seccomp", fd.data("leap0-seccomp", seccomp)]
     for key, value in env.items():

@@ -47,6 +47,13 @@ class SandboxState:
     init_start: int = 0
     outer_pid: int = 0
     netns: str | None = None
+    #: Records written before these existed read as a system template's: gid = uid.
+    gid: int | None = None
+    image: bool = False
+
+    @property
+    def group(self) -> int:
+        return self.uid if self.gid is None else self.gid
 
     @property
     def running(self) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pulumi_leap0.runner.errors import RunnerError
+from pulumi_leap0.runner.images import Image
 
 DEFAULT_TEMPLATE = "system/debian:bookworm"
 DEFAULT_ALIASES = ("system/base", "system/debian")
@@ -42,6 +43,10 @@ HIDDEN_DIRS = ("/etc/ssh", "/etc/sudoers.d", "/etc/ssl/private", "/etc/pki/priva
 
 @dataclass(frozen=True)
 class Template:
+    """``image``: a container image's root (``images.py``), the sandbox's whole ``/``
+    through an overlay over it (``layer.make_root``), where a system template binds only
+    ``root_entries`` of the host's, read-only."""
+
     name: str
     rootfs: Path
     user: str = DEFAULT_USER
@@ -50,10 +55,17 @@ class Template:
     env: Mapping[str, str] = field(default_factory=dict)
     disk_mib: int = DEFAULT_DISK_MIB
     root_entries: tuple[str, ...] = ROOT_ENTRIES
+    gid: int | None = None
+    home_dir: str | None = None
+    image: bool = False
 
     @property
     def home(self) -> str:
-        return f"/home/{self.user}"
+        return self.home_dir or f"/home/{self.user}"
+
+    @property
+    def group(self) -> int:
+        return self.uid if self.gid is None else self.gid
 
     def base_env(self) -> dict[str, str]:
         env = {
@@ -67,6 +79,14 @@ class Template:
         }
         env.update(self.env)
         return env
+
+
+def from_image(name: str, image: Image) -> Template:
+    """A user template: the image's root, user, home, working directory and environment
+    (``images.Image`` has them resolved)."""
+    return Template(name=name, rootfs=image.rootfs, user=image.user, uid=image.uid,
+                    gid=image.gid, home_dir=image.home, workdir=image.workdir,
+                    env=dict(image.env), image=True)
 
 
 class TemplateRegistry:

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.errors import RunnerError
-
-_ENV_NAME = re.compile(r"^[^=\x00-][^=\x00]*$")
+from pulumi_leap0.runner.images import Image
 
 
 def check_env(env: Mapping[str, str]) -> None:
-    """What the runner itself refuses, whatever the caller checked: names and values go on
-    command lines as ``NAME=value``, where an ``=`` or a leading ``-`` in a name, or a NUL
-    anywhere, would mean something else."""
+    """What the runner itself refuses, whatever the caller checked: an exec hands the
+    variables to a shell inside the sandbox as ``export NAME='value'`` (``exec.py``), and
+    bubblewrap to the init as C strings, so names are the contract's shell names and
+    values hold no NUL."""
     for name, value in env.items():
-        if not _ENV_NAME.match(name) or "\x00" in value:
-            raise RunnerError("environment variable names must not be empty or contain "
-                              "'=' or NUL, nor start with '-'")
+        if not spec.ENV_NAME_RE.match(name) or "\x00" in value:
+            raise RunnerError("environment variable names must be letters, digits and '_', "
+                              "not starting with a digit, and values must not contain NUL")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,11 @@ class SandboxConfig:
 
     ``network_policy`` is the contract's model, header values included; the runner passes it
     to ``network.setup`` untouched. ``None`` means the contract default (allow-all).
-    ``disk_mib`` overrides the template's writable-layer size.
+    ``disk_mib`` overrides the template's writable-layer size. ``image``: the root of a
+    user template (a container image, ``images.Image``), ``template`` then only its name;
+    without it ``template`` names a system template of the runner's registry. ``seed`` is a
+    snapshot's archive (``Runner.snapshot``): a fresh writable layer starts with its files,
+    unpacked before the init starts and counted against ``disk_mib``.
     """
 
     id: str
@@ -57,6 +61,8 @@ class SandboxConfig:
     network_policy: spec.NetworkPolicy | None = None
     mounts: Sequence[MountConfig] = ()
     disk_mib: int | None = None
+    image: Image | None = None
+    seed: Path | None = None
 
     def __post_init__(self) -> None:
         # Callers pass lists and dicts; freeze them so a config cannot change under a start.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,17 @@ def test_data_dir_is_private(backend: BackendServer) -> None:
 def test_doctor_prints_the_capability_report(tmp_path: Path) -> None:
     report = _cli("doctor", "--data-dir", str(tmp_path))
     assert report.returncode == 0, report.stderr
-    assert isinstance(json.loads(report.stdout), dict)
+    caps = json.loads(report.stdout)
+    # Whether snapshots could hold processes, and why: what ``criu check`` says here.
+    criu = subprocess.run(["criu", "check"], capture_output=True, check=False) if shutil.which(
+        "criu") else None
+    assert caps["snapshot_processes"] is False  # files and configuration only, for now
+    if criu is None:
+        assert "not installed" in caps["snapshot_processes_detail"]
+    elif criu.returncode != 0:
+        assert caps["snapshot_processes_detail"].startswith("criu check fails on this kernel")
+    else:
+        assert "does not capture processes yet" in caps["snapshot_processes_detail"]
 
 
 def test_healthz_carries_the_capability_report(backend: BackendServer) -> None:

@@ -69,6 +69,10 @@ OPERATIONS = [
     "gitCommit",
     "gitPush",
     "gitPull",
+    "createSnapshot",
+    "listSnapshots",
+    "deleteSnapshot",
+    "restoreSnapshot",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -102,6 +106,8 @@ class Target:
     def close(self) -> None:
         for item in self.http.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]:
             self.http.delete(f"/v1/sandbox/{item['id']}")
+        for item in self.http.get("/v1/snapshots", params={"page-size": 100}).json()["items"]:
+            self.http.delete(f"/v1/snapshot/{item['id']}")
         self.http.close()
 
 
@@ -157,7 +163,6 @@ def test_backend_conforms_to_the_leap0_openapi_document(
 
     response = case.call(base_url=backend.base_url, headers=target.headers)
     case.validate_response(response, checks=CHECKS)
-    if case.operation.method.upper() == "POST" and case.operation.path == "/v1/sandbox/" and (
-        response.status_code == 201
-    ):
+    if case.operation.method.upper() == "POST" and case.operation.path in (
+            "/v1/sandbox/", "/v1/snapshot/restore") and response.status_code == 201:
         target.http.delete(f"/v1/sandbox/{response.json()['id']}")

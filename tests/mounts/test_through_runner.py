@@ -142,21 +142,25 @@ def test_a_bad_endpoint_fails_the_start_and_leaves_nothing(
     with pytest.raises(RunnerError):
         sandboxes.start(mounts=(bad,))
     assert leftovers(mounting, sandboxes.ids[-1]) == []
-    assert rclone_processes() == []
+    assert rclone_processes(mounting) == []
 
 
 def test_destroy_leaves_no_rclone_mount_or_folder(
     mounting: Runner, sandboxes: Sandboxes, s3: S3
 ) -> None:
     box = sandboxes.start(mounts=(mount(s3), mount(s3, mount_id="mnt-2", path="/more")))
-    assert len(rclone_processes()) >= 2
+    assert len(rclone_processes(mounting)) >= 2
     mounting.destroy(box)
     assert leftovers(mounting, box) == []
-    assert rclone_processes() == []
+    assert rclone_processes(mounting) == []
     with open("/proc/self/mountinfo") as mountinfo:
-        assert "fuse.rclone" not in mountinfo.read()
+        assert [line for line in mountinfo if "fuse.rclone" in line
+                and str(mounting.runtime_dir) in line] == []
 
 
-def rclone_processes() -> list[str]:
+def rclone_processes(runner: Runner) -> list[str]:
+    """The live rclone processes of ``runner``'s sandboxes (their mount points are under its
+    runtime dir), not those of other runs on a shared machine."""
     found = subprocess.run(["pgrep", "-a", "-x", "rclone"], capture_output=True, text=True)
-    return [line for line in found.stdout.splitlines() if "<defunct>" not in line]
+    return [line for line in found.stdout.splitlines()
+            if "<defunct>" not in line and str(runner.runtime_dir) in line]

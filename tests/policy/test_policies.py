@@ -209,3 +209,45 @@ def test_pack_config_overrides_levels_and_settings(
         assert "vcpu is 2" in found["leap0-resource-ceilings"].message
     finally:
         analyzer.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={}))
+
+
+# --- Templates -------------------------------------------------------------------------------
+
+TEMPLATE = {"name": "app", "uri": "ghcr.io/acme/app:1.2"}
+
+
+@pytest.mark.parametrize(("uri", "approved", "passes"), [
+    ("ghcr.io/acme/app:1.2", ["ghcr.io"], True),
+    ("ghcr.io/acme/app:1.2", ["GHCR.io"], True),
+    ("ghcr.io/acme/app:1.2", ["ghcr.io/acme/"], True),
+    ("ghcr.io/evil/app:1.2", ["ghcr.io/acme/"], False),
+    ("ghcr.io.evil.com/acme/app", ["ghcr.io"], False),
+    ("python:3.12", ["docker.io"], True),  # no registry named: Docker Hub's
+    ("python:3.12", ["ghcr.io"], False),
+    ("127.0.0.1:5000/x/y", ["127.0.0.1:5000"], True),
+    ("127.0.0.1:5001/x/y", ["127.0.0.1:5000"], False),
+    ("ghcr.io/acme/app:1.2", [], False),  # nothing is approved until a team says so
+])
+def test_templates_pull_only_from_approved_registries(uri: str, approved: list[str],
+                                                      passes: bool) -> None:
+    from pulumi_leap0.resource import TEMPLATE_TYPE
+
+    policy = resource_policies()["leap0-approved-registries"]
+    assert policy.enforcement_level.value == "mandatory"
+    messages = run(policy, {**TEMPLATE, "uri": uri}, {"approved_registries": approved},
+                   resource_type=TEMPLATE_TYPE)
+    assert (messages == []) is passes, messages
+    if not passes:
+        assert uri in messages[0] and "approved_registries" in messages[0]
+    # Sandboxes are not its business, and no sandbox rule looks at a template.
+    assert run(policy, COMPLIANT, {"approved_registries": approved}) == []
+    for other in resource_policies().values():
+        if other.name != policy.name:
+            assert run(other, {**TEMPLATE, "uri": uri}, resource_type=TEMPLATE_TYPE) == []
+
+
+def test_a_template_whose_uri_is_unknown_is_checked_later() -> None:
+    from pulumi_leap0.resource import TEMPLATE_TYPE
+
+    policy = resource_policies()["leap0-approved-registries"]
+    assert run(policy, {"name": "app"}, resource_type=TEMPLATE_TYPE) == []

@@ -189,3 +189,27 @@ def test_adopt_id_and_create_timeout_are_inputs(engine: Recorder) -> Awaitable[N
         assert (inputs["adopt_id"], inputs["create_timeout"]) == ("sbx-123", 60)
 
     return box.urn.apply(check)
+
+
+@pulumi.runtime.test
+def test_template_credentials_are_secret_and_a_sandbox_can_use_its_name(
+        engine: Recorder) -> Awaitable[None]:
+    from pulumi_leap0.resource import TEMPLATE_TYPE
+
+    tpl = leap0.Template(
+        "app-image", name="my-app", uri="ghcr.io/acme/app:1",
+        credentials=leap0.RegistryCredentialsArgs(type="basic", username="bot",
+                                                  password="registry-token"))
+    box = leap0.Sandbox("app", template_name=tpl.name)
+
+    def check(_: Any) -> None:
+        registered = engine.registered["app-image"]
+        assert registered.typ == TEMPLATE_TYPE
+        assert is_secret(registered, "credentials")
+        plain = outside_secrets(dict(registered.inputs))
+        assert "registry-token" not in plain and "bot" not in plain
+        assert "ghcr.io/acme/app:1" in plain
+        # The sandbox takes the template's (output) name.
+        assert engine.registered["app"].inputs["template_name"] == "my-app"
+
+    return pulumi.Output.all(tpl.urn, box.urn).apply(check)

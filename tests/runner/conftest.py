@@ -136,6 +136,8 @@ def leftovers(runner: Runner, sandbox_id: str) -> list[str]:
 
 
 def zombies() -> set[int]:
+    """Zombies this test process has not reaped: what a runner that forgets a ``wait``
+    leaves. Only our own children, because other runs on a shared machine leave theirs."""
     found: set[int] = set()
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -143,6 +145,7 @@ def zombies() -> set[int]:
                 stat = Path(f"/proc/{entry.name}/stat").read_bytes()
             except OSError:
                 continue
-            if stat[stat.rindex(b")") + 2 :].startswith(b"Z"):
+            state, parent = stat[stat.rindex(b")") + 2 :].split(b" ")[:2]
+            if state == b"Z" and int(parent) == os.getpid():
                 found.add(int(entry.name))
     return found

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pulumi_leap0.runner import launch
-from pulumi_leap0.runner.exec import exec_argv
+from pulumi_leap0 import spec
+from pulumi_leap0.runner import launch, sysutil
+from pulumi_leap0.runner.exec import exec_argv, exec_script
 from pulumi_leap0.runner.identity import HostIdentity, write_etc
 from pulumi_leap0.runner.layer import PARTS
 from pulumi_leap0.runner.network import NetworkHandle
@@ -148,13 +149,29 @@ def test_bwrap_options_bind_the_network_files_only_where_they_can_land(tmp_path:
 
 
 def test_exec_joins_its_own_cgroup_then_enters_the_sandbox_as_its_user() -> None:
-    argv = exec_argv(cgroup_procs=[Path("/cg/x/x-1/cgroup.procs")], init_pid=4242, uid=1000,
-                     workdir="/home/user/src", env={"A": "1", "B": "two words"},
-                     command="make test")
+    argv = exec_argv(cgroup_procs=[Path("/cg/x/x-1/cgroup.procs")], init_pid=4242, uid=1000)
     assert argv == [
         "/bin/sh", "-c", launch.JOIN, "leap0-join", "/cg/x/x-1/cgroup.procs", "--",
         "nsenter", "--target=4242", "--user", "--mount", "--uts", "--ipc", "--net", "--pid",
-        "--cgroup", "--root", "--wd", "--setuid=1000", "--setgid=1000", "--",
-        "/usr/bin/env", "-i", "--chdir=/home/user/src", "--", "A=1", "B=two words",
-        "/bin/sh", "-c", "make test",
+        "--cgroup", "--root", "--wd", "--setuid=1000", "--setgid=1000", "--", "/bin/sh", "-s",
     ]
+
+
+def test_the_exec_script_sets_exactly_the_environment_then_runs_the_command() -> None:
+    """Run by a real shell: values arrive as they are, none expanded, stdin is emptied."""
+    env = {"A": "1", "B": "two words", "Q": "it's $HOME `id` \"x\"\nline"}
+    # The largest command the contract takes, longer than the shell reads from a pipe at once.
+    padding = "# " + "z" * (spec.MAX_COMMAND_BYTES - 100) + "\n"
+    script = exec_script(env, padding + 'printf "%s|" "$A" "$B" "$Q" "$PWD"; cat; env -0',
+                         "/tmp")
+    # As the chain starts it: with the host's variables, in another directory.
+    done = subprocess.run(["/bin/sh", "-s"], input=script, env=sysutil.HOST_ENV, cwd="/",
+                          capture_output=True, timeout=10, check=False)
+    assert done.returncode == 0, done.stderr
+    shown, _, environ = done.stdout.decode().rpartition("|")
+    assert shown == "1|two words|it's $HOME `id` \"x\"\nline|/tmp"
+    names = {item.split("=")[0] for item in environ.split("\0") if item}
+    assert names == {*env, "PWD"}, names
+    missing = subprocess.run(["/bin/sh", "-s"], input=exec_script({}, "echo ran", "/none"),
+                             env=sysutil.HOST_ENV, capture_output=True, timeout=10, check=False)
+    assert (missing.returncode, missing.stdout) == (125, b"")

@@ -73,10 +73,21 @@ def test_every_ref_resolves_and_every_token_is_ours(generated: dict[str, Any]) -
 
 
 def test_replace_on_changes_is_exactly_specs_list(generated: dict[str, Any]) -> None:
+    from pulumi_leap0.provider.sandbox import REPLACES
+
     sandbox = generated["resources"]["leap0:index:Sandbox"]
+    assert set(REPLACES) == {*spec.REPLACE_ON_CHANGE, "snapshot_name"}
     for side in ("inputProperties", "properties"):
         marked = {n for n, p in sandbox[side].items() if p.get("replaceOnChanges")}
-        assert marked == set(spec.REPLACE_ON_CHANGE), side
+        assert marked == set(REPLACES), side
+    # Every input of a snapshot replaces it, and nothing computed is marked.
+    snapshot = generated["resources"]["leap0:index:Snapshot"]
+    inputs = snapshot["inputProperties"]
+    assert set(inputs) == {"sandbox_id", "name", "kill_sandbox_after"}
+    assert all(p.get("replaceOnChanges") for p in inputs.values())
+    marked = {n for n, p in snapshot["properties"].items() if p.get("replaceOnChanges")}
+    assert marked == set(inputs)
+    assert snapshot["requiredInputs"] == ["sandbox_id"]
 
 
 def test_secrets_follow_spec(generated: dict[str, Any]) -> None:
@@ -103,6 +114,24 @@ def test_limits_come_from_spec(generated: dict[str, Any]) -> None:
     assert f"at least {spec.MEMORY_MIN_MIB}" in inputs["memory"]["description"]
     assert inputs["memory"]["default"] == spec.MEMORY_DEFAULT_MIB
     assert f"at most {spec.MAX_MOUNTS} items" in inputs["mounts"]["description"]
-    assert generated["resources"]["leap0:index:Sandbox"]["requiredInputs"] == ["template_name"]
+    # template_name or snapshot_name: neither alone is required, the check names the one.
+    assert generated["resources"]["leap0:index:Sandbox"]["requiredInputs"] == []
+    assert "snapshot_name" in inputs["template_name"]["description"]
+    snapshot = generated["resources"]["leap0:index:Snapshot"]["inputProperties"]
+    assert f"at most {spec.MAX_SNAPSHOT_NAME_CHARS} characters" in snapshot["name"]["description"]
     states = [e["value"] for e in generated["types"]["leap0:index:SandboxState"]["enum"]]
     assert states == [s.value for s in spec.SandboxState]
+
+
+def test_template_follows_spec(generated: dict[str, Any]) -> None:
+    template = generated["resources"]["leap0:index:Template"]
+    inputs = template["inputProperties"]
+    assert template["requiredInputs"] == ["name", "uri"]
+    assert {n for n, p in inputs.items() if p.get("replaceOnChanges")} == set(
+        spec.TEMPLATE_REPLACE_ON_CHANGE)
+    assert spec.TEMPLATE_SECRET_PATHS == ("credentials",) and inputs["credentials"]["secret"]
+    # Outputs never carry the credentials, only their fingerprint.
+    assert "credentials" not in template["properties"]
+    assert "credentials_sha256" in template["properties"]
+    assert f"at most {spec.MAX_TEMPLATE_URI_CHARS}" in inputs["uri"]["description"]
+    assert inputs["credentials"]["$ref"] == "#/types/leap0:index:RegistryCredentials"

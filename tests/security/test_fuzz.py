@@ -126,6 +126,8 @@ def _delete_everything(clients: dict[str, httpx.Client]) -> None:
     for client in clients.values():
         for item in client.get("/v1/sandboxes", params={"page-size": 100}).json()["items"]:
             client.delete(f"/v1/sandbox/{item['id']}/")
+        for item in client.get("/v1/snapshots", params={"page-size": 100}).json()["items"]:
+            client.delete(f"/v1/snapshot/{item['id']}")
         client.close()
 
 

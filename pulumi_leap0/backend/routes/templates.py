@@ -1,0 +1,43 @@
+"""Templates (the document's ``Template`` tag): upload, rename, delete.
+
+The document has no call that reads or lists templates; the upload's answer is the one
+place a template's digest and image configuration are shown.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from pulumi_leap0 import spec
+from pulumi_leap0.backend.dependencies import Caller, Creating
+from pulumi_leap0.backend.routing import Router, body_schema, json_response, no_content, parse_body
+
+router = Router(tags=["Template"])
+
+
+@router.post("/v1/template", status_code=201, response_model=spec.Template,
+             openapi_extra=body_schema(spec.TemplateUploadRequest))
+async def upload_template(request: Request, caller: Caller) -> Response:
+    # ``Caller``, not a unit of the organization's share: an upload is bounded by the
+    # uploads' own limits (backend/templates.py), and must not hold a share for minutes.
+    body = await parse_body(request, spec.TemplateUploadRequest)
+    record = await caller.lifecycle.templates.upload(caller.org, body)
+    return json_response(record.public(), 201)
+
+
+@router.patch("/v1/template/{template_id}", status_code=204,
+              openapi_extra=body_schema(spec.TemplateRenameRequest))
+async def rename_template(request: Request, template_id: str, caller: Creating) -> Response:
+    templates = caller.lifecycle.templates
+    template = templates.get(caller.org, template_id)
+    body = await parse_body(request, spec.TemplateRenameRequest)
+    templates.rename(template, body.name)
+    return no_content()
+
+
+@router.delete("/v1/template/{template_id}", status_code=204)
+async def delete_template(template_id: str, caller: Creating) -> Response:
+    templates = caller.lifecycle.templates
+    await templates.delete(templates.get(caller.org, template_id))
+    return no_content()
