@@ -1,7 +1,9 @@
 """``make demo``: the quickstart stack end to end against a local reference backend.
 
-With the ``pulumi`` CLI on PATH: ``pulumi up``, a command in the sandbox, ``pulumi destroy``,
-on a local state backend. Without it: the quickstart program runs under Pulumi's mocks to
+With the Pulumi CLI (``make pulumi`` builds it; else a ``pulumi`` on PATH), on a file state
+backend: ``pulumi up --yes``, a command in the sandbox, an edit and its ``pulumi preview
+--diff``, ``pulumi up``, ``pulumi destroy --yes``, each with Pulumi's own output. Only where
+the CLI cannot be built, the fallback: the quickstart program runs under Pulumi's mocks to
 capture its sandbox, and that sandbox goes through the provider's engine protocol (check,
 create, read, a command inside, diff of an edited spec, replace, delete), step by step.
 """
@@ -9,7 +11,6 @@ create, read, a command inside, diff of an edited spec, replace, delete), step b
 from __future__ import annotations
 
 import asyncio
-import os
 import runpy
 import shutil
 import socket
@@ -25,6 +26,7 @@ import httpx
 
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client
+from pulumi_leap0.pulumi_cli import which
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO_ROOT / "examples" / "quickstart"
@@ -93,30 +95,31 @@ def run_command(url: str, api_key: str, sandbox_id: str) -> None:
 # --- With the Pulumi CLI -----------------------------------------------------------------------
 
 
-def with_cli(url: str, api_key: str) -> None:
-    env = {
-        **os.environ,
-        "PULUMI_BACKEND_URL": f"file://{DEMO_DIR / 'state'}",
-        "PULUMI_CONFIG_PASSPHRASE": "demo",
-        "LEAP0_API_KEY": api_key,
-        "LEAP0_BASE_URL": url,
-    }
-    (DEMO_DIR / "state").mkdir(exist_ok=True)
+def with_cli(bin_dir: Path, url: str, api_key: str) -> None:
+    from pulumi_leap0.pulumi_cli import Stack
 
-    def pulumi(*args: str, capture: bool = False) -> str:
-        print("$ pulumi " + " ".join(args), flush=True)
-        done = subprocess.run(["pulumi", *args], cwd=QUICKSTART, env=env, check=True,
-                              capture_output=capture, text=True)
-        return done.stdout if capture else ""
-
-    pulumi("stack", "select", "--create", "demo")
-    pulumi("config", "set", "leap0:baseUrl", url)
+    print(f"The Pulumi CLI from {bin_dir}, on a file state backend in {DEMO_DIR / 'pulumi'}.")
+    # A copy: the stack's config file and the edit below stay out of examples/.
+    project = DEMO_DIR / "quickstart"
+    shutil.copytree(QUICKSTART, project, ignore=shutil.ignore_patterns("Pulumi.*.yaml"))
+    stack = Stack(bin_dir, project, DEMO_DIR / "pulumi", name="demo", echo=True)
+    stack.init(config={"leap0:baseUrl": url}, secrets={"leap0:apiKey": api_key})
     try:
-        pulumi("up", "--yes", "--skip-preview")
-        sandbox_id = pulumi("stack", "output", "sandbox_id", capture=True).strip()
+        step("pulumi up --yes")
+        stack.run("up", "--yes")
+        sandbox_id = stack.run("stack", "output", "sandbox_id", capture=True).stdout.strip()
         run_command(url, api_key, sandbox_id)
+
+        step("edit the program: memory 1024 -> 2048 MiB, then pulumi preview --diff")
+        program = project / "__main__.py"
+        program.write_text(program.read_text().replace("memory=1024", "memory=2048"))
+        stack.run("preview", "--diff")
+
+        step("pulumi up --yes: the replacement, deleting the old sandbox first")
+        stack.run("up", "--yes")
     finally:
-        pulumi("destroy", "--yes")
+        step("pulumi destroy --yes")
+        stack.run("destroy", "--yes")
 
 
 # --- Without it: the engine protocol -----------------------------------------------------------
@@ -154,8 +157,10 @@ def quickstart_inputs() -> dict[str, Any]:
 def without_cli(url: str, api_key: str) -> None:
     from pulumi_leap0.engine_protocol import ProviderProcess
 
-    print("The pulumi CLI is not on PATH: driving the quickstart's sandbox through the "
-          "provider's engine protocol instead (python -m pulumi.dynamic over gRPC).")
+    print("The Pulumi CLI is not built here (`make pulumi` builds it from the Go module "
+          "proxy), and no `pulumi` is on PATH: falling back to driving the quickstart's "
+          "sandbox through the provider's engine protocol (python -m pulumi.dynamic over "
+          "gRPC), which checks the provider but not Pulumi's engine.")
     program = quickstart_inputs()
     with ProviderProcess() as engine:
         engine.configure({"leap0:apiKey": api_key, "leap0:baseUrl": url})
@@ -206,8 +211,9 @@ def main() -> None:
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
     with reference_backend(DEMO_DIR / "backend") as (url, api_key):
-        if shutil.which("pulumi"):
-            with_cli(url, api_key)
+        bin_dir = which()
+        if bin_dir:
+            with_cli(Path(bin_dir), url, api_key)
         else:
             without_cli(url, api_key)
     print("\ndemo complete")

@@ -137,6 +137,28 @@ MAX_WRITE_FILE_BYTES = 32 * 1024 * 1024
 #: exists), and one that moves contents (read-file, write-file).
 FILE_CALL_TIMEOUT_S = 30
 FILE_TRANSFER_TIMEOUT_S = 300
+#: Files in one batch call (``write-files`` parts, ``read-files`` paths, ``edit-files``
+#: files), and bytes one ``read-files`` answers in all (a ``write-files`` body has the
+#: ``write-file`` limit, ``MAX_WRITE_FILE_BYTES``, for all its parts together).
+MAX_BATCH_FILES = 100
+MAX_READ_FILES_BYTES = 64 * 1024 * 1024
+#: ``glob``, ``grep`` and ``tree`` walk at most ``MAX_WALK_ENTRIES`` entries (looked at,
+#: listed or not) and answer at most ``MAX_GLOB_RESULTS`` paths, ``MAX_GREP_MATCHES``
+#: matches or ``MAX_LS_ENTRIES`` tree entries. ``grep`` takes a regular expression of at most
+#: ``MAX_GREP_PATTERN_CHARS`` characters, skips files larger than ``MAX_GREP_FILE_BYTES``
+#: and cuts a matching line's content at ``MAX_GREP_LINE_CHARS``. Python's ``re``
+#: backtracks, so a pattern can take exponential time on one line: the search's deadline,
+#: ``FILE_SEARCH_TIMEOUT_S``, ends it (the helper's worker is killed there).
+MAX_WALK_ENTRIES = 200_000
+MAX_GLOB_RESULTS = 10_000
+MAX_GREP_MATCHES = 1_000
+MAX_GREP_PATTERN_CHARS = 1024
+MAX_GREP_FILE_BYTES = 16 * 1024 * 1024
+MAX_GREP_LINE_CHARS = 1000
+FILE_SEARCH_TIMEOUT_S = 10
+#: ``edit-file``: edits in one call, and the largest file an edit (or ``edit-files``) reads.
+MAX_EDITS = 100
+MAX_EDIT_FILE_BYTES = 8 * 1024 * 1024
 
 # --- Git calls -----------------------------------------------------------------------------
 

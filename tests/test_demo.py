@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tests.support import REPO_ROOT
 
-# No pulumi CLI on it, so the demo takes its engine-protocol path, as it does in CI.
+# No pulumi CLI on it and none built, so the demo takes its fallback, the engine-protocol
+# path (tests/cli/test_demo_cli.py runs it through the CLI).
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -17,7 +18,8 @@ def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pulumi_leap0.demo"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={"PATH": SYSTEM_PATH, "PYTHONPATH": str(REPO_ROOT)},
+        env={"PATH": SYSTEM_PATH, "PYTHONPATH": str(REPO_ROOT),
+             "PULUMI_LEAP0_CLI_DIR": str(tmp_path / "no-cli")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout

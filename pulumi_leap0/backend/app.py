@@ -28,6 +28,7 @@ from pulumi_leap0.backend.routes import (
     process,
     sandboxes,
     snapshots,
+    system,
     templates,
 )
 from pulumi_leap0.backend.store import DB_FILE_NAME, Store
@@ -48,6 +49,7 @@ ROUTERS: list[APIRouter] = [
     templates.router,
     snapshots.router,
     git.router,
+    system.router,
 ]
 
 

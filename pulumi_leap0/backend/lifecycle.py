@@ -545,6 +545,12 @@ class Lifecycle:
                 raise conflict(f"the sandbox became {record.state.value} during the call") from None
             raise
 
+    def identity(self, sandbox: SandboxRecord) -> runtime.SandboxIdentity:
+        """Who the sandbox's processes are (a record read, no worker): 409 before its
+        runner knows it."""
+        with runtime.translate_errors():
+            return runtime.identity(self.runner, sandbox.id)
+
     # --- Background work ----------------------------------------------------------------------
 
     async def recover(self) -> None:

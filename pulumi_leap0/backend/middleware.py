@@ -34,6 +34,10 @@ async def _reply(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: The routes whose body is file contents (``write-files``: all its parts together).
+FILE_BODY_ROUTES = ("/write-file", "/write-files")
+
+
 class BodyLimit:
     """413 for bodies over the limit, and no byte of a body read before a route asks.
 
@@ -42,7 +46,7 @@ class BodyLimit:
     413. Nothing here reads ahead: a route's dependencies (the caller's key, the caller's
     sandbox, the organization's share) answer before its body is read, so a stranger
     streaming a body gets the 401 at once instead of after the server buffered it.
-    File uploads (``write-file``) have a larger limit than JSON bodies.
+    File uploads (``write-file``, ``write-files``) have a larger limit than JSON bodies.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -53,7 +57,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        limit = MAX_FILE_BODY_BYTES if path.rstrip("/").endswith("/write-file") else (
+        limit = MAX_FILE_BODY_BYTES if path.rstrip("/").endswith(FILE_BODY_ROUTES) else (
             MAX_JSON_BODY_BYTES
         )
         too_large = f"request body larger than {limit // (1024 * 1024)} MiB"

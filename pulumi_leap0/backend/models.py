@@ -114,6 +114,122 @@ class ExistsResponse(_Body):
     exists: bool
 
 
+# --- The calls over many files, searches and edits -----------------------------------------
+
+#: A file name pattern (``include``, a glob ``pattern``), as long as an ``exclude`` pattern.
+NamePattern = Annotated[str, Field(max_length=spec.MAX_LS_EXCLUDE_CHARS)]
+Excludes = Annotated[list[ExcludePattern], Field(max_length=spec.MAX_LS_EXCLUDE)]
+#: What ``edit-file``'s and ``edit-files``' ``find`` and ``replace`` may hold: the JSON body
+#: limit bounds them first.
+EditText = Annotated[str, Field(max_length=MAX_JSON_BODY_BYTES)]
+
+
+class ReadFilesRequest(_Body):
+    paths: list[SandboxPath] = Field(min_length=1, max_length=spec.MAX_BATCH_FILES)
+
+
+class SetPermissionsRequest(_Body):
+    path: SandboxPath
+    mode: OctalMode = None
+    owner: Annotated[str | None, Field(min_length=1, max_length=spec.MAX_NAME_BYTES)] = None
+    group: Annotated[str | None, Field(min_length=1, max_length=spec.MAX_NAME_BYTES)] = None
+
+
+class GlobRequest(_Body):
+    path: SandboxPath
+    pattern: Annotated[str | None, Field(max_length=spec.MAX_PATH_BYTES)] = None
+    exclude: Excludes = Field(default_factory=list)
+
+
+class GlobResponse(_Body):
+    items: list[str]
+
+
+class GrepRequest(_Body):
+    path: SandboxPath
+    pattern: Annotated[str | None, Field(max_length=spec.MAX_GREP_PATTERN_CHARS)] = None
+    include: NamePattern | None = None
+    exclude: Excludes = Field(default_factory=list)
+
+
+class SearchMatch(_Body):
+    path: str
+    line: int
+    content: str
+
+
+class GrepResponse(_Body):
+    items: list[SearchMatch]
+
+
+class FileEdit(_Body):
+    find: Annotated[EditText, Field(min_length=1)]
+    replace: EditText | None = None
+
+
+class EditFileRequest(_Body):
+    path: SandboxPath
+    edits: list[FileEdit] = Field(min_length=1, max_length=spec.MAX_EDITS)
+
+
+class EditFileResponse(_Body):
+    diff: str
+    replacements: int
+
+
+class EditFilesRequest(_Body):
+    files: list[SandboxPath] = Field(min_length=1, max_length=spec.MAX_BATCH_FILES)
+    find: Annotated[EditText, Field(min_length=1)]
+    replace: EditText | None = None
+
+
+class EditResult(_Body):
+    file: str
+    success: bool
+    error: str | None = None
+
+
+class EditFilesResponse(_Body):
+    items: list[EditResult]
+
+
+class MoveRequest(_Body):
+    src_path: SandboxPath
+    dst_path: SandboxPath
+    overwrite: bool = False
+
+
+class CopyRequest(_Body):
+    src_path: SandboxPath
+    dst_path: SandboxPath
+    recursive: bool = False
+    overwrite: bool = False
+
+
+class TreeRequest(_Body):
+    path: SandboxPath
+    exclude: Excludes = Field(default_factory=list)
+    max_depth: int | None = Field(default=None, ge=0, le=spec.MAX_TREE_DEPTH)
+
+
+class TreeEntry(_Body):
+    name: str
+    type: Literal["file", "directory"]
+    children: list[TreeEntry] | None = None
+
+
+class TreeResponse(_Body):
+    items: list[TreeEntry]
+
+
+class UserHomeDirResponse(_Body):
+    user_home_dir: str
+
+
+class WorkdirResponse(_Body):
+    workdir: str
+
+
 #: What a listing can filter by: every state but ``deleted``, which no listing shows (the
 #: store forgets a sandbox once it is deleted).
 LIST_STATES = tuple(s for s in spec.SandboxState if s is not spec.SandboxState.DELETED)

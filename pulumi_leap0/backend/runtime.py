@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -31,29 +32,33 @@ from pulumi_leap0.runner.core import Runner as LinuxRunner
 from pulumi_leap0.runner.errors import (
     FileCallAborted,
     FileCallError,
+    FileCallOSError,
     RunnerError,
     SandboxFrozenError,
     SandboxNotFoundError,
     SandboxNotRunningError,
 )
-from pulumi_leap0.runner.filecalls import FileReader
+from pulumi_leap0.runner.filecalls import FileReader, FilesReader
 from pulumi_leap0.runner.git import GitCredentials, GitMissing, GitNotStarted
 from pulumi_leap0.runner.images import BasicCredentials, Image, ImageStore, PullError
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.snapshots import SeedTooLarge
-from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig
+from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig, SandboxIdentity
 
 __all__ = [
     "LinuxRunner",
     "Runner",
     "RunnerError",
     "SandboxConfig",
+    "SandboxIdentity",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SeedTooLarge",
     "make_runner",
 ]
 
+
+log = logging.getLogger("leap0.backend")
 
 #: The runner the backend drives. The real class, not a Protocol: go-to-definition on
 #: ``lifecycle.runner.start`` lands on the code that makes the sandbox, and mypy checks every
@@ -156,13 +161,17 @@ _FILE_ERRNO_RULES: dict[int, str] = {
 
 def _file_answer(exc: OSError) -> Exception:
     code = exc.errno or 0
+    # The input the kernel's answer is about: ``path``, unless the call named another.
+    field = exc.field if isinstance(exc, FileCallOSError) else "path"
     if code == errno.ENOTEMPTY:
-        return invalid("recursive", "must be true to delete a non-empty directory")
+        if field == "path":
+            return invalid("recursive", "must be true to delete a non-empty directory")
+        return ApiError(409, f"{field}: is a directory that is not empty")
     if code in _FILE_ERRNO_ANSWERS:
         status, sentence = _FILE_ERRNO_ANSWERS[code]
-        return ApiError(status, f"path: {sentence}")
+        return ApiError(status, f"{field}: {sentence}")
     sentence = _FILE_ERRNO_RULES.get(code) or os.strerror(code).lower()
-    return invalid("path", sentence)
+    return invalid(field, sentence)
 
 
 @contextlib.contextmanager
@@ -323,7 +332,7 @@ def pull_image(runner: Runner, body: spec.TemplateUploadRequest) -> Image:
             raise invalid("credentials.type", f"this backend cannot pull with "
                           f"{body.credentials.type} credentials (they need "
                           f"{_UNSERVED_CREDENTIALS[body.credentials.type]}'s token "
-                          "exchange); use basic credentials")
+                          "exchange), only with basic ones")
         assert body.credentials.username and body.credentials.password
         credentials = BasicCredentials(body.credentials.username, body.credentials.password)
     try:
@@ -333,6 +342,9 @@ def pull_image(runner: Runner, body: spec.TemplateUploadRequest) -> Image:
                                   max_mib=spec.MAX_TEMPLATE_IMAGE_MIB)
     except PullError as exc:
         raise invalid(exc.field, exc.message) from None
+    except RunnerError as exc:  # our side: the store, the scratch tmpfs
+        log.error("an upload failed: %s", exc)
+        raise ApiError(503, "the image could not be stored; try again later") from None
 
 
 def image_config(image: Image) -> spec.ImageConfig:
@@ -352,6 +364,8 @@ def has_image(runner: Runner, digest: str) -> bool:
 
 def remove_image(runner: Runner, digest: str) -> None:
     runner.images.remove(digest)
+
+
 def snapshot(runner: Runner, sandbox_id: str, dest: Path, *, keep_frozen: bool) -> int:
     """The sandbox's files into ``dest``, a private file of the backend's; its size."""
     return runner.snapshot(sandbox_id, dest, keep_frozen=keep_frozen)
@@ -376,3 +390,71 @@ def git(runner: Runner, sandbox_id: str, call: gitcalls.Call) -> BaseModel:
         return gitcalls.Outcome(result.exit_code, result.output + (note if result.cut else ""))
 
     return call.perform(run)  # a GitFailed becomes a 400 in translate_errors
+# --- Calls over many files, searches, edits (run in the sandbox's file helper) --------------
+
+
+def write_files(runner: Runner, sandbox_id: str, items: Sequence[tuple[str, bytes]]) -> None:
+    runner.write_files(sandbox_id, items)
+
+
+def read_files(runner: Runner, sandbox_id: str, body: models.ReadFilesRequest) -> FilesReader:
+    """The files open; errors about any of them come from here, before the answer starts."""
+    return runner.open_files(sandbox_id, body.paths)
+
+
+def next_chunk(reader: FilesReader) -> bytes:
+    """The next chunk of the file being read; ``b""`` at its end (run in a worker thread)."""
+    return reader.read()
+
+
+def set_permissions(runner: Runner, sandbox_id: str, body: models.SetPermissionsRequest) -> None:
+    runner.set_permissions(sandbox_id, body.path, mode=None if body.mode is None else
+                           int(body.mode, 8), owner=body.owner, group=body.group)
+
+
+def glob(runner: Runner, sandbox_id: str, body: models.GlobRequest) -> models.GlobResponse:
+    return models.GlobResponse(items=runner.glob(sandbox_id, body.path, body.pattern,
+                                                 list(body.exclude)))
+
+
+def grep(runner: Runner, sandbox_id: str, body: models.GrepRequest) -> models.GrepResponse:
+    if not body.pattern:
+        raise invalid("pattern", "must be a non-empty regular expression")
+    items = runner.grep(sandbox_id, body.path, body.pattern, include=body.include,
+                        exclude=list(body.exclude))
+    return models.GrepResponse.model_validate({"items": items})
+
+
+def tree(runner: Runner, sandbox_id: str, body: models.TreeRequest) -> models.TreeResponse:
+    depth = spec.MAX_TREE_DEPTH if body.max_depth is None else body.max_depth
+    items = runner.tree(sandbox_id, body.path, max_depth=depth, exclude=list(body.exclude))
+    return models.TreeResponse.model_validate({"items": items})
+
+
+def edit_file(runner: Runner, sandbox_id: str,
+              body: models.EditFileRequest) -> models.EditFileResponse:
+    edits = [(e.find, e.replace or "") for e in body.edits]
+    return models.EditFileResponse.model_validate(runner.edit_file(sandbox_id, body.path, edits))
+
+
+def edit_files(runner: Runner, sandbox_id: str,
+               body: models.EditFilesRequest) -> models.EditFilesResponse:
+    items = runner.edit_files(sandbox_id, body.files, body.find, body.replace or "")
+    return models.EditFilesResponse.model_validate({"items": items})
+
+
+def move(runner: Runner, sandbox_id: str, body: models.MoveRequest) -> None:
+    runner.move(sandbox_id, body.src_path, body.dst_path, overwrite=body.overwrite)
+
+
+def copy(runner: Runner, sandbox_id: str, body: models.CopyRequest) -> None:
+    runner.copy(sandbox_id, body.src_path, body.dst_path, recursive=body.recursive,
+                overwrite=body.overwrite)
+
+
+# --- System ---------------------------------------------------------------------------------
+
+
+def identity(runner: Runner, sandbox_id: str) -> SandboxIdentity:
+    """The template's user, home and working directory, as the runner recorded them."""
+    return runner.identity_of(sandbox_id)

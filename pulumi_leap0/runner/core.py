@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner import (
@@ -85,6 +86,7 @@ from pulumi_leap0.runner.types import (
     FileInfo,
     MountConfig,
     SandboxConfig,
+    SandboxIdentity,
     SandboxStats,
     check_env,
 )
@@ -254,8 +256,6 @@ class Runner:
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
         staging = layer.make_staging(rt, privileged=self._privileged)
-        root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
-                if template.image else None)
 
         rel = self._cg(config.id)
         self._cgroups.remove(rel)  # leftovers of a crashed earlier run
@@ -263,7 +263,9 @@ class Runner:
         if config.seed is not None and fresh:
             # In the sandbox's cgroups, as its uid: its memory pays for its files.
             snapshots.seed(config.seed, writable, owner, self._cgroups.procs_files(rel),
-                           timeout=spec.SNAPSHOT_TIMEOUT_S)
+                           timeout=spec.SNAPSHOT_TIMEOUT_S, image=bool(template.image))
+        root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
+                if template.image else None)
         net: network.NetworkHandle | None = None
         if self._netns:
             net = network.setup(config.id, config.network_policy, state_dir, scope=self.scope,
@@ -599,3 +601,59 @@ class Runner:
 
     def delete(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
         self._files.delete(self._require(sandbox_id), path, recursive=recursive)
+
+    def set_permissions(self, sandbox_id: str, path: str, *, mode: int | None = None,
+                        owner: str | None = None, group: str | None = None) -> None:
+        self._files.set_permissions(self._require(sandbox_id), path, mode=mode, owner=owner,
+                                    group=group)
+
+    def glob(self, sandbox_id: str, path: str, pattern: str | None,
+             exclude: Sequence[str] = ()) -> list[str]:
+        return self._files.glob(self._require(sandbox_id), path, pattern, exclude)
+
+    def grep(self, sandbox_id: str, path: str, pattern: str, *, include: str | None = None,
+             exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
+        return self._files.grep(self._require(sandbox_id), path, pattern, include=include,
+                                exclude=exclude)
+
+    def tree(self, sandbox_id: str, path: str, *, max_depth: int,
+             exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
+        return self._files.tree(self._require(sandbox_id), path, max_depth=max_depth,
+                                exclude=exclude)
+
+    def edit_file(self, sandbox_id: str, path: str,
+                  edits: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        return self._files.edit_file(self._require(sandbox_id), path, edits)
+
+    def edit_files(self, sandbox_id: str, paths: Sequence[str], find: str,
+                   replace: str) -> list[dict[str, Any]]:
+        return self._files.edit_files(self._require(sandbox_id), paths, find, replace)
+
+    def move(self, sandbox_id: str, src: str, dst: str, *, overwrite: bool = False) -> None:
+        self._files.move(self._require(sandbox_id), src, dst, overwrite=overwrite)
+
+    def copy(self, sandbox_id: str, src: str, dst: str, *, recursive: bool = False,
+             overwrite: bool = False) -> None:
+        self._files.copy(self._require(sandbox_id), src, dst, recursive=recursive,
+                         overwrite=overwrite)
+
+    def write_files(self, sandbox_id: str, items: Sequence[tuple[str, bytes]]) -> None:
+        self._files.write_files(self._require(sandbox_id), items)
+
+    def open_files(self, sandbox_id: str, paths: Sequence[str]) -> filecalls.FilesReader:
+        return self._files.open_files(self._require(sandbox_id), paths)
+
+    # --- Identity -------------------------------------------------------------------------
+
+    def identity_of(self, sandbox_id: str) -> SandboxIdentity:
+        """The user a sandbox's processes run as, its home and the working directory of its
+        commands, as its template set them (the one place that reads them)."""
+        check_id(sandbox_id)
+        box = self._records.get(sandbox_id)
+        if box is None:
+            raise SandboxNotFoundError("no such sandbox")
+        try:
+            home = self._template(box.template).home
+        except RunnerError:
+            home = f"/home/{box.user}"  # a template gone since the sandbox started
+        return SandboxIdentity(user=box.user, uid=box.uid, home=home, workdir=box.workdir)

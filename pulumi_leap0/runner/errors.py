@@ -37,3 +37,12 @@ class FileCallError(RunnerError):
 class FileCallAborted(RunnerError):
     """A file call's process ended before it answered: the sandbox stopped, or it was out of
     memory or processes for it."""
+
+
+class FileCallOSError(OSError):
+    """What the kernel answered about one named input of a file call (``dst_path``,
+    ``files[2]``): an ``OSError`` with the errno, and ``field``."""
+
+    def __init__(self, code: int, message: str, field: str) -> None:
+        super().__init__(code, message)
+        self.field = field

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +39,7 @@ from pulumi_leap0.runner.cgroups import Cgroups
 from pulumi_leap0.runner.errors import (
     FileCallAborted,
     FileCallError,
+    FileCallOSError,
     RunnerError,
     SandboxFrozenError,
 )
@@ -135,13 +136,93 @@ class FileHelpers:
             raise
         return FileReader(call)
 
+    def set_permissions(self, box: SandboxState, path: str, *, mode: int | None,
+                        owner: str | None, group: str | None) -> None:
+        self._call(box, "set_permissions", path=path, mode=mode, owner=owner,
+                   group=group).answer()
+
+    def glob(self, box: SandboxState, path: str, pattern: str | None,
+             exclude: Iterable[str]) -> list[str]:
+        return [str(p) for p in self._call(
+            box, "glob", spec.FILE_SEARCH_TIMEOUT_S, path=path, pattern=pattern,
+            exclude=_patterns(exclude), **_walk_bounds(spec.MAX_GLOB_RESULTS)).answer()]
+
+    def grep(self, box: SandboxState, path: str, pattern: str, *, include: str | None,
+             exclude: Iterable[str]) -> list[dict[str, Any]]:
+        return list(self._call(
+            box, "grep", spec.FILE_SEARCH_TIMEOUT_S, path=path, pattern=pattern,
+            include=include, exclude=_patterns(exclude),
+            max_file_bytes=spec.MAX_GREP_FILE_BYTES, max_line_chars=spec.MAX_GREP_LINE_CHARS,
+            **_walk_bounds(spec.MAX_GREP_MATCHES)).answer())
+
+    def tree(self, box: SandboxState, path: str, *, max_depth: int,
+             exclude: Iterable[str]) -> list[dict[str, Any]]:
+        return list(self._call(
+            box, "tree", spec.FILE_SEARCH_TIMEOUT_S, path=path, depth=max_depth,
+            exclude=_patterns(exclude), **_walk_bounds(spec.MAX_LS_ENTRIES)).answer())
+
+    def edit_file(self, box: SandboxState, path: str,
+                  edits: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        return dict(self._call(box, "edit_file", path=path, edits=[list(e) for e in edits],
+                               max_bytes=spec.MAX_EDIT_FILE_BYTES).answer())
+
+    def edit_files(self, box: SandboxState, paths: Sequence[str], find: str,
+                   replace: str) -> list[dict[str, Any]]:
+        return list(self._call(box, "edit_files", paths=list(paths), find=find,
+                               replace=replace, max_bytes=spec.MAX_EDIT_FILE_BYTES).answer())
+
+    def move(self, box: SandboxState, src: str, dst: str, *, overwrite: bool) -> None:
+        self._call(box, "move", path=src, dst_path=dst, overwrite=overwrite,
+                   max_entries=spec.MAX_WALK_ENTRIES, max_depth=spec.MAX_TREE_DEPTH).answer()
+
+    def copy(self, box: SandboxState, src: str, dst: str, *, recursive: bool,
+             overwrite: bool) -> None:
+        self._call(box, "copy", path=src, dst_path=dst, recursive=recursive,
+                   overwrite=overwrite, max_entries=spec.MAX_WALK_ENTRIES,
+                   max_depth=spec.MAX_TREE_DEPTH).answer()
+
+    def write_files(self, box: SandboxState, items: Sequence[tuple[str, bytes]]) -> None:
+        """All of ``items`` (path, contents) or none: each is written beside its path and
+        they are renamed into place together once all are written."""
+        total = sum(len(content) for _, content in items)
+        if len(items) > spec.MAX_BATCH_FILES:
+            raise FileCallError("files", f"must have at most {spec.MAX_BATCH_FILES} items")
+        if total > spec.MAX_WRITE_FILE_BYTES:
+            raise FileCallError("body", f"must be at most {spec.MAX_WRITE_FILE_BYTES} bytes")
+        call = self._call(box, "write_files", spec.FILE_TRANSFER_TIMEOUT_S,
+                          paths=[path for path, _ in items])
+        with contextlib.closing(call):
+            call.result()
+            for _, content in items:
+                call.send_data(content)
+                call.end_data()
+            call.result()
+
+    def open_files(self, box: SandboxState, paths: Sequence[str]) -> FilesReader:
+        """The files open and about to stream, one after another; errors about any of them
+        (missing, not a regular file, too much in all) are raised here, before any byte."""
+        if len(paths) > spec.MAX_BATCH_FILES:
+            raise FileCallError("paths", f"must have at most {spec.MAX_BATCH_FILES} items")
+        call = self._call(box, "read_files", spec.FILE_TRANSFER_TIMEOUT_S, paths=list(paths),
+                          max_bytes=spec.MAX_READ_FILES_BYTES)
+        try:
+            call.result()
+        except BaseException:
+            call.close()
+            raise
+        return FilesReader(call)
+
     def _call(self, box: SandboxState, op: str, timeout: float | None = None,
               then: bytes = b"", **args: Any) -> Call:
         timeout = spec.FILE_CALL_TIMEOUT_S if timeout is None else timeout
         rel = self._cgroup_of(box.id)
         if self._cgroups.is_frozen(rel):
             raise SandboxFrozenError("the sandbox is paused")
-        args["path"] = files.normalize(args["path"], box.workdir)
+        for key in ("path", "dst_path"):
+            if key in args:
+                args[key] = files.normalize(args[key], box.workdir)
+        if "paths" in args:
+            args["paths"] = [files.normalize(p, box.workdir) for p in args["paths"]]
         deadline = time.monotonic() + timeout
         for _ in range(2):  # a helper that died since its last call is replaced once
             helper = self._helper(box, rel)
@@ -332,6 +413,8 @@ def _outcome(payload: bytes) -> Any:
         return message["ok"]
     error = message.get("error") or {}
     if isinstance(error.get("errno"), int):
+        if isinstance(error.get("field"), str):
+            raise FileCallOSError(error["errno"], str(error.get("message", "")), error["field"])
         raise OSError(error["errno"], str(error.get("message", "")))
     if isinstance(error.get("field"), str):
         raise FileCallError(error["field"], str(error.get("message", "is invalid")))
@@ -376,6 +459,32 @@ class FileReader:
 
     def close(self) -> None:
         self._call.close()
+
+
+class FilesReader:
+    """A ``read-files`` in progress: ``read`` gives each file's chunks, then ``b""`` at the
+    end of that file; ``close`` when done."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def read(self) -> bytes:
+        return self._call.data()
+
+    def close(self) -> None:
+        self._call.close()
+
+
+def _patterns(exclude: Iterable[str]) -> list[str]:
+    patterns = list(exclude)
+    if len(patterns) > spec.MAX_LS_EXCLUDE:
+        raise FileCallError("exclude", f"must have at most {spec.MAX_LS_EXCLUDE} items")
+    return patterns
+
+
+def _walk_bounds(results: int) -> dict[str, Any]:
+    return {"max_entries": spec.MAX_WALK_ENTRIES, "max_depth": spec.MAX_TREE_DEPTH,
+            "max_results": results}
 
 
 def _file_info(item: dict[str, Any]) -> FileInfo:

@@ -46,6 +46,32 @@ class Refused(Exception):
         self.message = message
 
 
+class Failed(Exception):
+    """What the kernel answered about one input of a call that takes several (``src_path``,
+    ``files[2]``): the errno, and the input it was about."""
+
+    def __init__(self, field: str, errno: int) -> None:
+        super().__init__(os.strerror(errno))
+        self.field = field
+        self.errno = errno
+
+
+@contextlib.contextmanager
+def blame(field: str) -> Iterator[None]:
+    """Errors inside are about ``field``: a ``Refused`` names it, an ``OSError`` becomes a
+    ``Failed`` for it."""
+    try:
+        yield
+    except Refused as exc:
+        if exc.field == "path" and field != "path":
+            raise Refused(field, exc.message) from None
+        raise
+    except OSError as exc:
+        if not exc.errno:
+            raise
+        raise Failed(field, exc.errno) from None
+
+
 @dataclass(frozen=True)
 class Names:
     """Owner and group names as the sandbox knows them: its own ``/etc/passwd`` and

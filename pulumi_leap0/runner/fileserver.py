@@ -36,11 +36,12 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pulumi_leap0.runner import files, frames, sysutil
+from pulumi_leap0.runner import fileops, files, filesearch, frames, sysutil
 
 #: Workers waiting for a call, and workers in all (more calls at once queue for the next).
 MIN_IDLE, MAX_WORKERS = 1, 16
@@ -201,7 +202,7 @@ def _work(control: socket.socket, status: int, root: int, names: files.Names) ->
                 _refuse(sock, exc)
                 continue
             signal.alarm(max(1, math.ceil(timeout)) + 1)  # the runner gives up first
-            _call(sock, root, names)
+            _call(sock, root, names, time.monotonic() + timeout)
             signal.alarm(0)
         os.write(status, _STATUS.pack(b"I", me))
         if resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > MAX_RSS_KIB:
@@ -216,6 +217,8 @@ def _refuse(sock: socket.socket, exc: Exception) -> None:
 def _error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, files.Refused):
         return {"field": exc.field, "message": exc.message}
+    if isinstance(exc, files.Failed):
+        return {"errno": exc.errno, "message": os.strerror(exc.errno), "field": exc.field}
     if isinstance(exc, OSError) and exc.errno:
         return {"errno": exc.errno, "message": os.strerror(exc.errno)}
     return {"message": "internal error in the file helper"}
@@ -224,12 +227,13 @@ def _error(exc: BaseException) -> dict[str, Any]:
 # --- One call -------------------------------------------------------------------------------
 
 
-def _call(sock: socket.socket, root: int, names: files.Names) -> None:
+def _call(sock: socket.socket, root: int, names: files.Names, deadline: float) -> None:
     try:
         kind, payload = frames.recv(sock)
         if kind != frames.REQUEST:
             return
         request = json.loads(payload)
+        request["deadline"] = deadline  # the worker's own clock: the runner's is not ours
         serve = _SERVERS.get(request.get("op"), _unknown)
         serve(sock, root, names, request)
     except (frames.ConnectionEnded, BrokenPipeError, ConnectionResetError):
@@ -329,6 +333,136 @@ def _write(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]
     _answer(sock, None)
 
 
+def _drain(sock: socket.socket) -> None:
+    """Take what the runner already sent after a refused request (a socket closed on unread
+    data resets, and the answer could be lost)."""
+    with contextlib.suppress(frames.ConnectionEnded, OSError, ValueError):
+        while frames.recv(sock)[0] != frames.END:
+            pass
+
+
+def _bounds(r: dict[str, Any]) -> filesearch.Bounds:
+    return filesearch.Bounds(entries=int(r["max_entries"]), depth=int(r["max_depth"]),
+                             results=int(r["max_results"]), deadline=float(r["deadline"]))
+
+
+def _set_permissions(sock: socket.socket, root: int, names: files.Names,
+                     r: dict[str, Any]) -> None:
+    mode = r["mode"]
+    fileops.set_permissions(root, names, r["path"], mode=None if mode is None else int(mode),
+                            owner=r["owner"], group=r["group"])
+    _answer(sock, None)
+
+
+def _glob(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
+    _answer(sock, filesearch.glob(root, r["path"], r["pattern"], list(r["exclude"]),
+                                  _bounds(r)))
+
+
+def _grep(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
+    _answer(sock, filesearch.grep(root, r["path"], str(r["pattern"]), r["include"],
+                                  list(r["exclude"]), _bounds(r),
+                                  max_file_bytes=int(r["max_file_bytes"]),
+                                  max_line_chars=int(r["max_line_chars"])))
+
+
+def _tree(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
+    _answer(sock, filesearch.tree(root, r["path"], list(r["exclude"]), int(r["depth"]),
+                                  _bounds(r)))
+
+
+def _edit_file(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
+    edits = [(str(find), str(replace)) for find, replace in r["edits"]]
+    _answer(sock, fileops.edit_file(root, r["path"], edits, max_bytes=int(r["max_bytes"])))
+
+
+def _edit_files(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
+    _answer(sock, fileops.edit_files(root, list(r["paths"]), str(r["find"]), str(r["replace"]),
+                                     max_bytes=int(r["max_bytes"])))
+
+
+def _move(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
+    fileops.move(root, r["path"], r["dst_path"], overwrite=bool(r["overwrite"]),
+                 deadline=float(r["deadline"]), max_entries=int(r["max_entries"]),
+                 max_depth=int(r["max_depth"]))
+    _answer(sock, None)
+
+
+def _copy(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
+    fileops.copy(root, r["path"], r["dst_path"], recursive=bool(r["recursive"]),
+                 overwrite=bool(r["overwrite"]), deadline=float(r["deadline"]),
+                 max_entries=int(r["max_entries"]), max_depth=int(r["max_depth"]))
+    _answer(sock, None)
+
+
+def _write_files(sock: socket.socket, root: int, names: files.Names,
+                 r: dict[str, Any]) -> None:
+    """Every file staged (or the batch refused, naming the file) before the runner sends a
+    byte; then each file's ``DATA`` frames and an ``END``; then all renamed into place."""
+    staged: list[fileops.Staged] = []
+    try:
+        try:
+            for index, path in enumerate(r["paths"]):
+                with files.blame(f"files[{index}]"):
+                    staged.append(fileops.stage(root, path))
+        except Exception as exc:
+            frames.send_json(sock, frames.RESULT, {"error": _error(exc)})
+            _drain(sock)
+            return
+        _answer(sock, None)
+        failed: BaseException | None = None
+        for index, item in enumerate(staged):
+            while True:
+                kind, payload = frames.recv(sock)
+                if kind == frames.END:
+                    break
+                if kind != frames.DATA:
+                    raise ValueError("a write takes data frames")
+                if failed is None:
+                    try:
+                        with files.blame(f"files[{index}]"):
+                            item.write(payload)
+                    except files.Failed as exc:
+                        failed = exc  # keep reading: the runner finishes sending, then hears
+        if failed is not None:
+            raise failed
+        fileops.commit(staged)
+        _answer(sock, None)
+    finally:
+        for item in staged:
+            item.discard()
+
+
+def _read_files(sock: socket.socket, root: int, names: files.Names,
+                r: dict[str, Any]) -> None:
+    """Every file opened (or the batch refused, naming the path) and their sizes added up
+    before the first byte; then each file's ``DATA`` frames and an ``END``."""
+    opened: list[int] = []
+    try:
+        total, max_bytes = 0, int(r["max_bytes"])
+        for index, path in enumerate(r["paths"]):
+            with files.blame(f"paths[{index}]"):
+                fd, st = files.open_regular(root, path)
+            opened.append(fd)
+            total += st.st_size
+        if total > max_bytes:
+            raise files.Refused("paths", f"hold more than {max_bytes} bytes together: read "
+                                "fewer at a time")
+        _answer(sock, None)
+        left = max_bytes
+        for index, fd in enumerate(opened):
+            with files.blame(f"paths[{index}]"):
+                chunks = files.read_window(fd, os.fstat(fd).st_size, offset=0, limit=None,
+                                           head=None, tail=None, max_bytes=left)
+                for chunk in chunks:
+                    left -= len(chunk)
+                    frames.send(sock, frames.DATA, chunk)
+            frames.send(sock, frames.END)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
 _SERVERS: dict[str, Callable[[socket.socket, int, files.Names, dict[str, Any]], None]] = {
     "stat": _stat,
     "exists": _exists,
@@ -337,6 +471,16 @@ _SERVERS: dict[str, Callable[[socket.socket, int, files.Names, dict[str, Any]], 
     "delete": _delete,
     "read": _read,
     "write": _write,
+    "set_permissions": _set_permissions,
+    "glob": _glob,
+    "grep": _grep,
+    "tree": _tree,
+    "edit_file": _edit_file,
+    "edit_files": _edit_files,
+    "move": _move,
+    "copy": _copy,
+    "write_files": _write_files,
+    "read_files": _read_files,
 }
 
 if __name__ == "__main__":

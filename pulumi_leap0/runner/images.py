@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -130,6 +131,14 @@ class ImageStore:
             _run(["umoci", "unpack", "--rootless", "--image", f"{scratch / 'oci'}:image",
                   str(scratch / "bundle")], scratch, deadline, timeout_s, max_mib, "unpack")
             return self._keep(digest, scratch, deadline, timeout_s)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            # What the image's JSON (its config, umoci's reading of it) may be like.
+            log.warning("an image could not be read: %s: %s", type(exc).__name__, exc)
+            raise PullError("uri", "the image's configuration could not be read") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise PullError("uri", f"the image is larger than {max_mib} MiB") from None
+            raise RunnerError(f"the image could not be stored: {exc.strerror}") from None
         finally:
             _remove_scratch(scratch)
 
@@ -179,7 +188,7 @@ class ImageStore:
         if uid == 0:
             uid = gid = FALLBACK_UID
         env.update({"HOME": home, "USER": user, "LOGNAME": user})
-        workdir = str(process.get("cwd") or "/")
+        workdir = "/" + str(process.get("cwd") or "/").lstrip("/")
         target = self.directory / _hex(digest)
         staging = self.directory / f".pull-{_hex(digest)[:12]}-{os.getpid()}-{time.time_ns()}"
         try:
@@ -299,13 +308,13 @@ def _explain(stderr: str, max_mib: int) -> PullError:
     if "no space left" in text or "file too large" in text:
         return PullError("uri", f"the image is larger than {max_mib} MiB")
     if any(s in text for s in ("unauthorized", "authentication required", "denied",
-                               "invalid username/password", "401")):
+                               "invalid username/password")):
         return PullError("credentials", "the registry refused the credentials, or the image "
                          "needs credentials")
     if "http response to https client" in text:
         return PullError("uri", "the registry does not speak TLS: an operator may allow it "
                          "with leap0-backend serve --insecure-registry HOST:PORT")
-    if any(s in text for s in ("manifest unknown", "name unknown", "not found", "404")):
+    if any(s in text for s in ("manifest unknown", "name unknown", "not found")):
         return PullError("uri", "no such image in the registry")
     if any(s in text for s in ("x509", "certificate", "tls:")):
         return PullError("uri", "the registry's TLS certificate could not be verified")

@@ -1,9 +1,13 @@
 """A sandbox's files as one archive: captured from its writable layer, seeded into a new one.
 
 What is captured: the layer's ``home``, ``tmp`` and ``vartmp`` (``/home/<user>``, ``/tmp``,
-``/var/tmp``); ``shm`` is shared memory, not files anyone keeps. The layer is the tenant's,
-and the tenant is hostile, so both directions are built so that nothing in it can make the
-host act outside it:
+``/var/tmp``), and for a sandbox of a container image the overlay's ``upper`` directory
+(what it changed anywhere in ``/``, its home included); ``shm`` is shared memory, not files
+anyone keeps. overlayfs records a deleted image file in ``upper`` as a 0/0 device (a
+whiteout); the unpacker drops devices, so such a file is back after a restore.
+
+The layer is the tenant's, and the tenant is hostile, so both directions are built so that
+nothing in it can make the host act outside it:
 
 * ``capture`` runs GNU ``tar --create`` as root over the frozen layer (``Runner.snapshot``
   freezes the sandbox first, so nothing changes under it). Why tar: it is the well-kept
@@ -48,6 +52,13 @@ from pulumi_leap0.runner.identity import HostIdentity
 
 #: The layer's parts a snapshot holds (``layer.PARTS`` less ``shm``).
 CAPTURED_PARTS = ("home", "tmp", "vartmp")
+#: The overlay's upper directory (``layer.make_root``), in the layer of an image's sandbox.
+UPPER_PART = "upper"
+
+
+def parts_of(layer: Path) -> tuple[str, ...]:
+    """The parts of ``layer`` a snapshot holds: an image's sandbox has ``upper`` too."""
+    return (*CAPTURED_PARTS, UPPER_PART) if (layer / UPPER_PART).is_dir() else CAPTURED_PARTS
 #: What tar adds to the files' own bytes: a 512-byte header (and padding) per entry. Bounds
 #: ``limit`` above the layer's size so a layer of many small files still fits.
 HEADER_ALLOWANCE_BYTES = 64 * 1024 * 1024
@@ -68,7 +79,7 @@ def capture(layer: Path, dest: Path, *, limit: int, timeout: float) -> int:
     argv = ["nice", "-n", "10", "tar", "--create", "--file=-", "--format=gnu",
             "--blocking-factor=128",
             "--one-file-system", "--numeric-owner", "--sparse", "--no-acls", "--no-xattrs",
-            "--no-selinux", f"--directory={layer}", "--", *CAPTURED_PARTS]
+            "--no-selinux", f"--directory={layer}", "--", *parts_of(layer)]
     out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                   0o600)
     try:
@@ -164,14 +175,35 @@ except (tarfile.TarError, ValueError) as exc:
 
 
 def seed(archive: Path, layer: Path, owner: HostIdentity, cgroup_procs: Sequence[Path], *,
-         timeout: float) -> None:
+         timeout: float, image: bool = False) -> None:
     """Unpack ``archive`` into a fresh ``layer`` as ``owner``, inside the new sandbox's
-    cgroups (``cgroup_procs``), before its init starts."""
+    cgroups (``cgroup_procs``), before its init starts and, for an ``image``'s sandbox,
+    before its overlay is mounted (overlayfs must not see its upper directory change).
+
+    The upper directory is the owner's while the unpacker fills it, then root's again (it
+    is the sandbox's ``/``): what the image had as root's and the sandbox had changed comes
+    back as the sandbox user's, in its own sandbox only."""
+    parts: tuple[str, ...] = CAPTURED_PARTS
+    upper = layer / UPPER_PART
+    if image:
+        parts = (*CAPTURED_PARTS, UPPER_PART)
+        upper.mkdir(mode=0o755, exist_ok=True)
+        os.chown(upper, owner.uid, owner.gid)
+    try:
+        _unpack(archive, layer, owner, cgroup_procs, parts, timeout=timeout)
+    finally:
+        if image:
+            os.chown(upper, 0, 0)
+            os.chmod(upper, 0o755)
+
+
+def _unpack(archive: Path, layer: Path, owner: HostIdentity, cgroup_procs: Sequence[Path],
+            parts: Sequence[str], *, timeout: float) -> None:
     with open(archive, "rb") as source:
         # Under the sandboxes' seccomp filter too: it handles what a tenant made.
         proc = seccomp.popen(
             [sys.executable, "-I", "-S", "-c", _UNPACK, str(layer),
-             f"{owner.uid}:{owner.gid}", ",".join(CAPTURED_PARTS), *map(str, cgroup_procs)],
+             f"{owner.uid}:{owner.gid}", ",".join(parts), *map(str, cgroup_procs)],
             stdin=source, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=sysutil.HOST_ENV, cwd="/")
         try:

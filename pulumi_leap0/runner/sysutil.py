@@ -99,6 +99,35 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     return _check(int(ret), "openat2", path)
 
 
+_SYS_FCHMODAT2 = 452  # x86_64 and the generic table alike, since Linux 6.6
+AT_SYMLINK_NOFOLLOW = 0x100
+RENAME_NOREPLACE = 1
+
+
+def chmod_nofollow(dirfd: int, name: str, mode: int) -> None:
+    """``name``'s mode, never through a symlink as ``name`` itself (``fchmodat2``; glibc's
+    ``lchmod`` needs ``/proc/self/fd``, which a chrooted file helper has not). Before Linux
+    6.6 (``ENOSYS``) ``name`` is chmodded as it is, the caller having checked that it was no
+    symlink."""
+    ret = int(_libc.syscall(_SYS_FCHMODAT2, dirfd, os.fsencode(name), mode,
+                            AT_SYMLINK_NOFOLLOW))
+    if ret < 0 and ctypes.get_errno() == errno.ENOSYS:
+        os.chmod(name, mode, dir_fd=dirfd)
+        return
+    _check(ret, "fchmodat2", name)
+
+
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint]
+
+
+def rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """``renameat2(RENAME_NOREPLACE)``: EEXIST rather than replace what is at ``dst``, in one
+    step (a check then a rename would race with the sandbox's own processes)."""
+    _check(int(_libc.renameat2(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst),
+                               RENAME_NOREPLACE)), "renameat2", dst)
+
+
 def openat2_supported() -> bool:
     try:
         fd = openat2(-100, "/", os.O_RDONLY | os.O_DIRECTORY, 0, RESOLVE_IN_ROOT)

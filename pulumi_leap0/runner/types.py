@@ -107,6 +107,17 @@ class FileInfo:
 
 
 @dataclass(frozen=True)
+class SandboxIdentity:
+    """Who a sandbox's processes are: its user (``uid`` inside), that user's home, and the
+    working directory its commands start in."""
+
+    user: str
+    uid: int
+    home: str
+    workdir: str
+
+
+@dataclass(frozen=True)
 class SandboxStats:
     """Kernel accounting for one sandbox's cgroup (zeros where no cgroup exists)."""
 

@@ -36,6 +36,18 @@ SANDBOX_ROUTES: list[tuple[str, str, dict[str, object] | None]] = [
     ("POST", "/v1/sandbox/{id}/filesystem/read-file", {"path": "/etc/hostname"}),
     ("POST", "/v1/sandbox/{id}/filesystem/delete", {"path": "/tmp/x"}),
     ("POST", "/v1/sandbox/{id}/filesystem/exists", {"path": "/"}),
+    ("POST", "/v1/sandbox/{id}/filesystem/write-files", {}),  # multipart: any body is bad
+    ("POST", "/v1/sandbox/{id}/filesystem/read-files", {"paths": ["/etc/hostname"]}),
+    ("POST", "/v1/sandbox/{id}/filesystem/set-permissions", {"path": "/tmp", "mode": "1777"}),
+    ("POST", "/v1/sandbox/{id}/filesystem/glob", {"path": "/etc", "pattern": "*"}),
+    ("POST", "/v1/sandbox/{id}/filesystem/grep", {"path": "/etc/hostname", "pattern": "."}),
+    ("POST", "/v1/sandbox/{id}/filesystem/edit-file", {"path": "/tmp/x", "edits": [{"find": "a"}]}),
+    ("POST", "/v1/sandbox/{id}/filesystem/edit-files", {"files": ["/tmp/x"], "find": "a"}),
+    ("POST", "/v1/sandbox/{id}/filesystem/move", {"src_path": "/tmp/x", "dst_path": "/tmp/y"}),
+    ("POST", "/v1/sandbox/{id}/filesystem/copy", {"src_path": "/tmp/x", "dst_path": "/tmp/y"}),
+    ("POST", "/v1/sandbox/{id}/filesystem/tree", {"path": "/etc"}),
+    ("GET", "/v1/sandbox/{id}/system/user-home-dir", None),
+    ("GET", "/v1/sandbox/{id}/system/workdir", None),
 ]
 
 

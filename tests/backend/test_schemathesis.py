@@ -73,8 +73,21 @@ OPERATIONS = [
     "listSnapshots",
     "deleteSnapshot",
     "restoreSnapshot",
+    "filesystemWriteFiles",
+    "filesystemReadFiles",
+    "filesystemSetPermissions",
+    "filesystemGlob",
+    "filesystemGrep",
+    "filesystemEditFile",
+    "filesystemEditFiles",
+    "filesystemMove",
+    "filesystemCopy",
+    "filesystemTree",
+    "getSandboxUserHomeDir",
+    "getSandboxWorkdir",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
+LOCAL_IMAGE = "127.0.0.1:9/fuzz/image:v1"
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
@@ -132,6 +145,10 @@ def _keep_local(body: Any) -> None:
         return
     if isinstance(body.get("endpoint"), str):
         body["endpoint"] = LOCAL_ENDPOINT
+    if isinstance(body.get("uri"), str):
+        # A template upload pulls from the registry a uri names: only from this host's
+        # discard port here, so that the fuzzer makes the backend dial nowhere else.
+        body["uri"] = LOCAL_IMAGE
     mounts = body.get("mounts")
     if isinstance(mounts, list):
         for mount in mounts:
@@ -142,6 +159,9 @@ def _keep_local(body: Any) -> None:
 # One test runs every operation's cases, so its bound grows with the list (the suite's 300 s
 # is less than 34 operations take on a loaded machine).
 @pytest.mark.timeout(20 * len(OPERATIONS))
+# One test item for every operation's cases: 12 cases each of 30 operations over real
+# sandboxes take longer than the suite's 300 s per test on a loaded 2-core machine.
+@pytest.mark.timeout(1200)
 @schema.parametrize()
 @settings(
     max_examples=12,

@@ -94,6 +94,22 @@ def _valid_body(s3: S3, method: str, template: str) -> dict[str, Any]:
         return {"params": {"path": "/tmp/swept"}, "content": b"swept"}
     if route.endswith("/mkdir"):
         return {"json": {"path": "/tmp/swept-dir"}}
+    if route.endswith("/write-files"):
+        return {"files": [("/tmp/swept", b"swept")]}
+    if route.endswith("/read-files"):
+        return {"json": {"paths": [FILES[0]]}}
+    if route.endswith("/set-permissions"):
+        return {"json": {"path": FILES[0], "mode": "600"}}
+    if route.endswith(("/glob", "/grep")):
+        return {"json": {"path": "/tmp", "pattern": "fz"}}
+    if route.endswith("/edit-file"):
+        return {"json": {"path": FILES[0], "edits": [{"find": "A", "replace": "swept"}]}}
+    if route.endswith("/edit-files"):
+        return {"json": {"files": [FILES[0]], "find": "A", "replace": "swept"}}
+    if route.endswith("/move"):
+        return {"json": {"src_path": FILES[0], "dst_path": "/tmp/swept"}}
+    if route.endswith("/copy"):
+        return {"json": {"src_path": FILES[0], "dst_path": "/tmp/swept"}}
     if "/filesystem/" in route:
         return {"json": {"path": FILES[0]}}
     if "/git/" in route:
@@ -216,7 +232,10 @@ ANY_BODY = st.one_of(
         lambda body: {"json": body}),
     st.binary(max_size=16).map(lambda raw: {"content": raw}),
 )
-READ_ONLY = re.compile(r"^/v1/sandbox/\{sandbox_id\}(/|/filesystem/(ls|stat|exists|read-file)/?)?$")
+READ_ONLY = re.compile(r"^/v1/sandbox/\{sandbox_id\}(/|/filesystem/(ls|stat|exists|read-file)/?"
+                       r"|/filesystem/(read-files|glob|grep|tree)/?"
+                       r"|/system/(user-home-dir|workdir)/?"
+                       r")?$")
 
 
 class TwoOrganizations(RuleBasedStateMachine):
