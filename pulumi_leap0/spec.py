@@ -179,6 +179,28 @@ MAX_GIT_CREDENTIAL_BYTES = 4096
 MAX_GIT_ADD_FILES = 1000
 MAX_GIT_LOG_COUNT = 1000
 MAX_GIT_CONTEXT_LINES = 10_000
+# --- Terminals (PTY) and preview URLs -------------------------------------------------------
+
+#: PTY sessions one sandbox may hold at once (each a shell and its relay, in the sandbox's
+#: cgroup), a session id's form, and a terminal's size in columns and rows.
+MAX_PTY_SESSIONS = 8
+PTY_SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+PTY_COLS_DEFAULT, PTY_ROWS_DEFAULT = 80, 24
+MAX_PTY_COLS, MAX_PTY_ROWS = 1000, 1000
+#: Bytes of one WebSocket message of terminal input (larger ones close the connection).
+MAX_PTY_INPUT_BYTES = 64 * 1024
+#: How long a shell may take to start, in seconds, before its create answers 504.
+PTY_START_TIMEOUT_S = 10
+#: Presigned preview URLs: a lifetime's default and bound, in seconds, and how many one
+#: sandbox may hold at once (expired ones do not count).
+PRESIGNED_URL_TTL_DEFAULT_S = 3600
+MAX_PRESIGNED_URL_TTL_S = 7 * 24 * 3600
+MAX_PRESIGNED_URLS = 32
+PRESIGNED_URL_ID_PREFIX = "psu-"
+#: A preview request (through ``{id}-{port}.<domain>`` or a presigned host): seconds to
+#: connect to the sandbox's port and to wait for each part of its answer.
+PREVIEW_CONNECT_TIMEOUT_S = 5
+PREVIEW_READ_TIMEOUT_S = 60
 
 # --- Field rules ---------------------------------------------------------------------------
 

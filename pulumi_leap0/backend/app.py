@@ -20,12 +20,15 @@ from pulumi_leap0.backend.auth import Authenticator
 from pulumi_leap0.backend.dependencies import Backend
 from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S, Lifecycle
 from pulumi_leap0.backend.middleware import BodyLimit, InternalErrors, SandboxHost
+from pulumi_leap0.backend.preview import Preview
 from pulumi_leap0.backend.routes import (
     filesystem,
     git,
     health,
     mounts,
+    presigned,
     process,
+    pty,
     sandboxes,
     snapshots,
     system,
@@ -50,6 +53,8 @@ ROUTERS: list[APIRouter] = [
     snapshots.router,
     git.router,
     system.router,
+    pty.router,
+    presigned.router,
 ]
 
 
@@ -66,17 +71,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         backend.ready = False
+        await app.state.preview.close()
         await backend.lifecycle.close()
         backend.lifecycle.store.close()
 
 
 def create_app(data_dir: Path, runner: runtime.Runner | None = None, *,
                call_timeout_s: float = CALL_TIMEOUT_S,
-               memory_capacity_mib: int | None = None) -> FastAPI:
+               memory_capacity_mib: int | None = None,
+               sandbox_domain: str = "localhost", url_scheme: str = "http") -> FastAPI:
     """The application over ``data_dir`` (the sqlite store and the runner's files).
     ``call_timeout_s``: how long a file call may take before it is answered 504;
     ``memory_capacity_mib``: the memory all sandboxes may hold at once (default: the
-    host's, less a reserve, ``backend/capacity.py``)."""
+    host's, less a reserve, ``backend/capacity.py``); ``sandbox_domain``: the domain
+    whose names reach sandboxes (``backend/middleware.SandboxHost``), ``url_scheme`` the
+    scheme its URLs are given with."""
     if memory_capacity_mib is None:
         memory_capacity_mib = capacity.default_memory_mib()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -102,4 +111,6 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None, *,
         auth=Authenticator(store),
         capabilities=runtime.capability_report(runner),
     )
+    app.state.preview = Preview(sandbox_domain, app.state.backend.lifecycle,
+                                app.state.backend.auth, scheme=url_scheme)
     return app

@@ -6,7 +6,7 @@ lookup: keys are never revoked while the server runs, and the lookup is on every
 
 from __future__ import annotations
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from pulumi_leap0.backend.errors import ApiError
 from pulumi_leap0.backend.store import Store, hash_key
@@ -14,7 +14,7 @@ from pulumi_leap0.backend.store import Store, hash_key
 UNAUTHORIZED = "invalid or missing API key"
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(request: HTTPConnection) -> str | None:
     headers = request.headers
     value = headers.get("authorization")
     if value:
@@ -37,7 +37,7 @@ class Authenticator:
         self._store = store
         self._orgs: dict[str, str] = {}
 
-    def org_of(self, request: Request) -> str:
+    def org_of(self, request: HTTPConnection) -> str:
         """The organization of the request's key, or a 401."""
         key = presented_key(request)
         if key is None:

@@ -3,6 +3,7 @@
     leap0-backend serve [--host 127.0.0.1] [--port 8360] [--data-dir DIR]
                         [--allow-mount-endpoint CIDR ...] [--insecure-registry HOST:PORT ...]
                         [--call-timeout SECONDS] [--max-memory-mib MIB]
+                        [--sandbox-domain DOMAIN] [--tls-cert PEM --tls-key PEM]
     leap0-backend api-key create --org NAME [--data-dir DIR]
     leap0-backend doctor [--data-dir DIR]
 
@@ -99,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="memory all sandboxes may hold at once; a sandbox that does "
                        "not fit is refused with 503 (default: the host's memory less a "
                        "tenth, at least 1 GiB)")
+    serve.add_argument("--sandbox-domain", metavar="DOMAIN", default=None,
+                       help="host names under DOMAIN reach sandboxes: {id}-{port}.DOMAIN "
+                       "and presigned {token}.DOMAIN a port in the sandbox, {id}.DOMAIN "
+                       "the sandbox's API calls; the SDK's LEAP0_SANDBOX_DOMAIN (default: "
+                       "localhost:PORT)")
+    serve.add_argument("--tls-cert", metavar="PEM", type=Path, default=None,
+                       help="serve HTTPS with this certificate (chain) and --tls-key: the "
+                       "SDK's preview URLs are https")
+    serve.add_argument("--tls-key", metavar="PEM", type=Path, default=None)
     data_dir_option(serve)
 
     api_key = commands.add_parser("api-key", help="manage API keys")
@@ -116,9 +126,11 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
            egress_resolver: str | None = None, egress_ca_file: Path | None = None,
            allow_mount_endpoints: Sequence[str] = (),
            call_timeout_s: float | None = None, max_memory_mib: int | None = None,
-           insecure_registries: Sequence[str] = ()) -> int:
+           insecure_registries: Sequence[str] = (), sandbox_domain: str | None = None,
+           tls_cert: Path | None = None, tls_key: Path | None = None) -> int:
     import uvicorn
 
+    from pulumi_leap0 import spec
     from pulumi_leap0.backend import runtime
     from pulumi_leap0.backend.app import create_app
     from pulumi_leap0.backend.lifecycle import CALL_TIMEOUT_S
@@ -131,7 +143,9 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
                                  allow_mount_endpoints=allow_mount_endpoints,
                                  insecure_registries=insecure_registries)
     app = create_app(data_dir, runner=runner, call_timeout_s=call_timeout_s or CALL_TIMEOUT_S,
-                     memory_capacity_mib=max_memory_mib)
+                     memory_capacity_mib=max_memory_mib,
+                     sandbox_domain=sandbox_domain or f"localhost:{port}",
+                     url_scheme="https" if tls_cert else "http")
     # httptools and uvloop when installed ("auto"): they roughly double GET throughput.
     config = uvicorn.Config(
         app,
@@ -143,6 +157,12 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
         http="auto",
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # PTY connections (the only WebSockets): the sans-I/O websockets protocol, and no
+        # message larger than a terminal's input bound (larger ones close with 1009).
+        ws="websockets-sansio",
+        ws_max_size=spec.MAX_PTY_INPUT_BYTES,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     server = uvicorn.Server(config)
     server.run()
@@ -178,9 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir: Path = args.data_dir or default_data_dir()
     if args.command == "serve":
+        if (args.tls_cert is None) != (args.tls_key is None):
+            print("leap0-backend: --tls-cert and --tls-key go together", file=sys.stderr)
+            return 2
         return _serve(args.host, args.port, data_dir, args.log_level, args.egress_resolver,
                       args.egress_ca_file, args.allow_mount_endpoints, args.call_timeout,
-                      args.max_memory_mib, args.insecure_registries)
+                      args.max_memory_mib, args.insecure_registries, args.sandbox_domain,
+                      args.tls_cert, args.tls_key)
     if args.command == "api-key":
         return _api_key_create(args.org, data_dir)
     return _doctor(data_dir)

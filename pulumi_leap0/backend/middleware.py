@@ -90,30 +90,60 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-_SANDBOX_HOST = re.compile(
-    rf"^({re.escape(spec.SANDBOX_ID_PREFIX)}[A-Za-z0-9]+)(?:-\d+)?\.", re.ASCII
-)
+_SANDBOX_HOST = re.compile(rf"^({re.escape(spec.SANDBOX_ID_PREFIX)}[A-Za-z0-9]+)$", re.ASCII)
 
 
 class SandboxHost:
-    """Serve ``https://{id}.{LEAP0_SANDBOX_DOMAIN}/...`` as ``/v1/sandbox/{id}/...``.
+    """Requests to host names under the sandbox domain (``serve --sandbox-domain``).
 
-    The SDK addresses some sandbox-scoped calls at a per-sandbox host name. When such a host
-    resolves to this server (for example ``LEAP0_SANDBOX_DOMAIN=localhost:8360`` on a machine
-    where ``*.localhost`` resolves locally), the call lands on the ordinary route.
+    * ``{id}-{port}.<domain>`` and ``{token}.<domain>``: preview URLs, served by that port in
+      the sandbox (``backend/preview.py``); never by the API, whatever the path.
+    * ``{id}.<domain>/...``: the SDK's per-sandbox calls, served as ``/v1/sandbox/{id}/...``
+      (for example ``LEAP0_SANDBOX_DOMAIN=localhost:8360`` where ``*.localhost`` resolves
+      locally).
+    * any other name under the domain: 404. Other hosts: the API, as they are.
+
+    The Host header decides, never an absolute-form request target; a request with two Host
+    headers is refused, so no hop can pick the other one.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/v1/"):
-            host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
-            match = _SANDBOX_HOST.match(host)
-            if match:
-                path = f"/v1/sandbox/{match.group(1)}{scope['path']}"
-                scope = {**scope, "path": path, "raw_path": path.encode()}
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        hosts = [v for n, v in scope["headers"] if n == b"host"]
+        if len(hosts) > 1:
+            await self._refuse(scope, send, 400, "a request has one Host header")
+            return
+        preview = scope["app"].state.preview
+        label = preview.label(hosts[0].decode("latin-1")) if hosts else None
+        if label is None:
+            await self.app(scope, receive, send)
+            return
+        if preview.is_preview(label):
+            if scope["type"] == "http":
+                await preview.serve(label, scope, receive, send)
+            else:
+                await self._refuse(scope, send, 404, "WebSockets to preview URLs are not served")
+            return
+        match = _SANDBOX_HOST.match(label)
+        if match is None:
+            await self._refuse(scope, send, 404, "not found")
+            return
+        if not scope["path"].startswith("/v1/"):
+            path = f"/v1/sandbox/{match.group(1)}{scope['path']}"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+        if scope["type"] == "http":
+            await _reply(send, status, message)
+        else:
+            await send({"type": "websocket.close", "code": 1008})
 
 
 class InternalErrors:

@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -24,9 +25,9 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from pulumi_leap0 import spec
-from pulumi_leap0.backend import gitcalls, models
+from pulumi_leap0.backend import gitcalls, models, pty_models
 from pulumi_leap0.backend.errors import ApiError, failed, invalid
-from pulumi_leap0.backend.store import MountRecord, SandboxRecord, TemplateRecord
+from pulumi_leap0.backend.store import MountRecord, SandboxRecord, TemplateRecord, iso
 from pulumi_leap0.runner import templates as runner_templates
 from pulumi_leap0.runner.core import Runner as LinuxRunner
 from pulumi_leap0.runner.errors import (
@@ -37,12 +38,17 @@ from pulumi_leap0.runner.errors import (
     SandboxFrozenError,
     SandboxNotFoundError,
     SandboxNotRunningError,
+    TerminalConflictError,
+    TerminalInputError,
+    TerminalNotFoundError,
+    TerminalTimeoutError,
 )
 from pulumi_leap0.runner.filecalls import FileReader, FilesReader
 from pulumi_leap0.runner.git import GitCredentials, GitMissing, GitNotStarted
 from pulumi_leap0.runner.images import BasicCredentials, Image, ImageStore, PullError
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.snapshots import SeedTooLarge
+from pulumi_leap0.runner.terminals import Terminal, input_frames
 from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig, SandboxIdentity
 
 __all__ = [
@@ -54,6 +60,8 @@ __all__ = [
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SeedTooLarge",
+    "Terminal",
+    "input_frames",
     "make_runner",
 ]
 
@@ -179,6 +187,14 @@ def translate_errors() -> Iterator[None]:
     """Runner and OS errors as API answers. Messages name the kind, never the values."""
     try:
         yield
+    except TerminalNotFoundError:
+        raise ApiError(404, "PTY session not found") from None
+    except TerminalConflictError as exc:
+        raise ApiError(409, str(exc)) from None
+    except TerminalInputError as exc:
+        raise invalid(exc.field, exc.message) from None
+    except TerminalTimeoutError as exc:
+        raise ApiError(504, str(exc)) from None
     except (SandboxNotRunningError, SandboxFrozenError, SandboxNotFoundError):
         raise ApiError(409, "the sandbox is not running") from None
     except FileCallError as exc:
@@ -458,3 +474,54 @@ def copy(runner: Runner, sandbox_id: str, body: models.CopyRequest) -> None:
 def identity(runner: Runner, sandbox_id: str) -> SandboxIdentity:
     """The template's user, home and working directory, as the runner recorded them."""
     return runner.identity_of(sandbox_id)
+
+
+# --- Terminals (PTY) and ingress ------------------------------------------------------------
+
+
+def pty_info(terminal: Terminal) -> pty_models.PtySessionInfo:
+    return pty_models.PtySessionInfo(
+        id=terminal.id, cwd=terminal.cwd, envs=terminal.envs, cols=terminal.cols,
+        rows=terminal.rows, created_at=iso(terminal.created_at),
+        active=terminal.active, lazy_start=terminal.lazy_start)
+
+
+def pty_create(runner: Runner, sandbox_id: str,
+               body: pty_models.PtyCreateRequest) -> pty_models.PtySessionInfo:
+    return pty_info(runner.pty_create(sandbox_id, body.id, cwd=body.cwd, envs=body.envs,
+                                      cols=body.cols, rows=body.rows,
+                                      lazy_start=body.lazy_start))
+
+
+def pty_list(runner: Runner, sandbox_id: str) -> pty_models.PtyListResponse:
+    return pty_models.PtyListResponse(items=[pty_info(t) for t in runner.pty_list(sandbox_id)])
+
+
+def pty_get(runner: Runner, sandbox_id: str, session_id: str) -> pty_models.PtySessionInfo:
+    with translate_errors():
+        return pty_info(runner.pty_get(sandbox_id, session_id))
+
+
+def pty_resize(runner: Runner, sandbox_id: str, session_id: str,
+               body: pty_models.PtyResizeRequest) -> pty_models.PtySessionInfo:
+    return pty_info(runner.pty_resize(sandbox_id, session_id, body.cols, body.rows))
+
+
+def pty_delete(runner: Runner, sandbox_id: str, session_id: str) -> None:
+    runner.pty_delete(sandbox_id, session_id)
+
+
+def pty_attach(runner: Runner, sandbox_id: str, session_id: str) -> tuple[int, int]:
+    """The session's shell started (a lazy one's first connection), and its pipes: the
+    caller's own copies (input, output), non-blocking, for the caller to close."""
+    return runner.pty_attach(sandbox_id, session_id).open_pipes()
+
+
+def connect_port(runner: Runner, sandbox_id: str, port: int) -> socket.socket:
+    """A connection to ``port`` on the sandbox's own loopback (a preview request's)."""
+    try:
+        return runner.connect_port(sandbox_id, port, timeout=spec.PREVIEW_CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        raise ApiError(504, f"port {port} in the sandbox did not accept in time") from None
+    except OSError:
+        raise ApiError(502, f"nothing answers on port {port} in the sandbox") from None

@@ -95,6 +95,15 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_ts REAL NOT NULL,
     UNIQUE (org_id, name)
 );
+CREATE TABLE IF NOT EXISTS presigned_urls (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
+    token_hash TEXT NOT NULL UNIQUE,
+    port INTEGER NOT NULL,
+    created_ts REAL NOT NULL,
+    expires_ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS presigned_urls_sandbox ON presigned_urls(sandbox_id);
 """
 #: Columns added after the first release, for files made before them.
 _MIGRATIONS = (("sandboxes", "template_id", "TEXT"),)
@@ -544,6 +553,7 @@ class Store:
         """Remove every trace of a deleted sandbox, credentials included."""
         with self._transaction() as db:
             db.execute("DELETE FROM mounts WHERE sandbox_id = ?", (sandbox_id,))
+            db.execute("DELETE FROM presigned_urls WHERE sandbox_id = ?", (sandbox_id,))
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
 
     # --- Mounts -------------------------------------------------------------------------------
@@ -756,6 +766,55 @@ class Store:
     def forget_snapshot(self, snapshot_id: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+    # --- Presigned preview URLs ---------------------------------------------------------------
+
+    def add_presigned_url(self, sandbox_id: str, port: int,
+                          ttl_s: int) -> tuple[PresignedRecord, str]:
+        """A new presigned URL and its token, which only its hash is kept of; unless the
+        sandbox holds ``spec.MAX_PRESIGNED_URLS`` unexpired ones already."""
+        token = secrets.token_hex(16)  # a DNS label: the URL's host is ``<token>.<domain>``
+        now = time.time()
+        record = PresignedRecord(id=spec.PRESIGNED_URL_ID_PREFIX + uuid.uuid4().hex[:16],
+                                 sandbox_id=sandbox_id, port=port, created_ts=now,
+                                 expires_ts=now + ttl_s)
+        with self._transaction() as db:
+            db.execute("DELETE FROM presigned_urls WHERE expires_ts <= ?", (now,))
+            (count,) = db.execute("SELECT COUNT(*) FROM presigned_urls WHERE sandbox_id = ?",
+                                  (sandbox_id,)).fetchone()
+            if count >= spec.MAX_PRESIGNED_URLS:
+                raise PresignedLimit(f"the sandbox already has {spec.MAX_PRESIGNED_URLS} "
+                                     "presigned URLs, the limit: delete one first")
+            db.execute(
+                "INSERT INTO presigned_urls (id, sandbox_id, token_hash, port, created_ts, "
+                "expires_ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.id, sandbox_id, hash_key(token), port, now, record.expires_ts))
+        return record, token
+
+    def delete_presigned_url(self, sandbox_id: str, url_id: str) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute("DELETE FROM presigned_urls WHERE id = ? AND sandbox_id = ?",
+                                (url_id, sandbox_id))
+            return cursor.rowcount > 0
+
+    def presigned_target(self, token: str, now: float) -> tuple[str, int] | None:
+        """The sandbox and port an unexpired token opens, or None."""
+        rows = self._query("SELECT sandbox_id, port FROM presigned_urls WHERE token_hash = ? "
+                           "AND expires_ts > ?", (hash_key(token), now))
+        return (rows[0]["sandbox_id"], rows[0]["port"]) if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedRecord:
+    id: str
+    sandbox_id: str
+    port: int
+    created_ts: float
+    expires_ts: float
+
+
+class PresignedLimit(Exception):
+    pass
 
 
 class MountConflict(Exception):

@@ -46,6 +46,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -59,6 +60,7 @@ from pulumi_leap0.runner import (
     egress_filter,
     filecalls,
     identity,
+    ingress,
     launch,
     layer,
     mounts,
@@ -68,6 +70,7 @@ from pulumi_leap0.runner import (
     state,
     sysutil,
     templates,
+    terminals,
 )
 from pulumi_leap0.runner.capabilities import Capabilities, probe
 from pulumi_leap0.runner.cgroups import Limits
@@ -139,6 +142,7 @@ class Runner:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._caps: Capabilities | None = None
         self._files = filecalls.FileHelpers(self._cgroups, self._cg)
+        self._terminals = terminals.Terminals(self._cgroups, self._cg)
 
     # --- Where things are -----------------------------------------------------------------
 
@@ -428,6 +432,7 @@ class Runner:
 
     def _teardown(self, sandbox_id: str, *, keep_layer: bool) -> None:
         self._files.stop(sandbox_id)
+        self._terminals.stop(sandbox_id)
         box = self._records.get(sandbox_id)
         state_dir = self._records.state_dir(sandbox_id)
         if box is not None:
@@ -657,3 +662,41 @@ class Runner:
         except RunnerError:
             home = f"/home/{box.user}"  # a template gone since the sandbox started
         return SandboxIdentity(user=box.user, uid=box.uid, home=home, workdir=box.workdir)
+    # --- Terminals and ingress ------------------------------------------------------------
+
+    def pty_create(self, sandbox_id: str, session_id: str | None, *, cwd: str | None,
+                   envs: Mapping[str, str], cols: int, rows: int,
+                   lazy_start: bool) -> terminals.Terminal:
+        """A PTY session: a shell on a pseudo-terminal of the sandbox (``terminals.py``),
+        started now or, ``lazy_start``, at its first ``pty_attach``."""
+        return self._terminals.create(self._require(sandbox_id), session_id, cwd=cwd,
+                                      envs=envs, cols=cols, rows=rows, lazy_start=lazy_start)
+
+    def pty_list(self, sandbox_id: str) -> list[terminals.Terminal]:
+        check_id(sandbox_id)
+        return self._terminals.list(sandbox_id)
+
+    def pty_get(self, sandbox_id: str, session_id: str) -> terminals.Terminal:
+        check_id(sandbox_id)
+        return self._terminals.get(sandbox_id, session_id)
+
+    def pty_attach(self, sandbox_id: str, session_id: str) -> terminals.Terminal:
+        """The session, its shell started if it was lazy."""
+        box = self._require(sandbox_id)
+        terminal = self._terminals.get(sandbox_id, session_id)
+        self._terminals.start(box, terminal)
+        return terminal
+
+    def pty_resize(self, sandbox_id: str, session_id: str, cols: int,
+                   rows: int) -> terminals.Terminal:
+        check_id(sandbox_id)
+        return self._terminals.resize(sandbox_id, session_id, cols, rows)
+
+    def pty_delete(self, sandbox_id: str, session_id: str) -> None:
+        check_id(sandbox_id)
+        self._terminals.delete(sandbox_id, session_id)
+
+    def connect_port(self, sandbox_id: str, port: int, *, timeout: float) -> socket.socket:
+        """A connection to ``port`` on the sandbox's loopback, whatever its network policy
+        (``ingress.py``)."""
+        return ingress.connect(self._require(sandbox_id), port, timeout)

@@ -46,3 +46,23 @@ class FileCallOSError(OSError):
     def __init__(self, code: int, message: str, field: str) -> None:
         super().__init__(code, message)
         self.field = field
+class TerminalNotFoundError(RunnerError, LookupError):
+    """The sandbox has no PTY session with that id."""
+
+
+class TerminalConflictError(RunnerError):
+    """A PTY session cannot be made or changed now (its id is taken, the sandbox is at its
+    session limit, the shell does not read)."""
+
+
+class TerminalInputError(RunnerError):
+    """A PTY session refused for one of its inputs; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class TerminalTimeoutError(RunnerError, TimeoutError):
+    """A PTY session's shell did not start in time."""

@@ -70,16 +70,18 @@ def exec_script(env: Mapping[str, str], command: str | Sequence[str], workdir: s
     ``sysutil.HOST_ENV``), so the command's own shell gets exactly the exported variables,
     as ``env -i --chdir=WD NAME=value sh -c`` gave it (125 is env's code for a directory
     it cannot enter). Names are shell names (``check_env``), values single-quoted, so
-    nothing in them is expanded. A ``str`` command runs as ``/bin/sh -c command``; a
-    sequence is a program's argv, each word single-quoted, so it runs as it is, with no
-    shell interpreting any of it (how the git calls run)."""
+    nothing in them is expanded. ``command`` is a shell command, or a program's argv: a
+    program that goes on reading the chain's stdin once the shell has exec'd it (a
+    terminal's relay), so the caller writes nothing more before the program says it runs."""
     lines = [f"unset {' '.join(sysutil.HOST_ENV)}",
              f"cd -- {shlex.quote(workdir)} || exit 125", "unset OLDPWD"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     # Stdin is redirected on the last line itself: the shell reads its script from stdin
     # a buffer at a time, so an earlier redirection would cut off what it had not read.
-    program = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-    lines += [f"exec {shlex.join(program)} </dev/null", ""]
+    if isinstance(command, str):
+        lines += [f"exec /bin/sh -c {shlex.quote(command)} </dev/null", ""]
+    else:
+        lines += ["exec " + " ".join(shlex.quote(arg) for arg in command), ""]
     return "\n".join(lines).encode()
 
 

@@ -85,9 +85,20 @@ OPERATIONS = [
     "filesystemTree",
     "getSandboxUserHomeDir",
     "getSandboxWorkdir",
+    "listPtySessions",
+    "createPtySession",
+    "getPtySession",
+    "deletePtySession",
+    "resizePtySession",
+    "connectPtySession",
+    "createPresignedURL",
+    "deletePresignedURL",
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 LOCAL_IMAGE = "127.0.0.1:9/fuzz/image:v1"
+# One test over every operation above, each with a bounded number of examples: its time
+# grows with the operations served, past the per-test default (pyproject's 300 s).
+pytestmark = pytest.mark.timeout(1800)
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
@@ -161,7 +172,6 @@ def _keep_local(body: Any) -> None:
 @pytest.mark.timeout(20 * len(OPERATIONS))
 # One test item for every operation's cases: 12 cases each of 30 operations over real
 # sandboxes take longer than the suite's 300 s per test on a loaded 2-core machine.
-@pytest.mark.timeout(1200)
 @schema.parametrize()
 @settings(
     max_examples=12,

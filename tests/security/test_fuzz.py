@@ -62,6 +62,9 @@ NO_MOUNT = "mnt-" + "0" * 16
 GIT_BODY = {"path": "/tmp/swept-repo", "url": "/tmp/swept-origin.git", "target": "HEAD",
             "revision": "HEAD", "name": "swept", "branch": "swept", "files": ["swept"],
             "message": "swept"}
+#: A's PTY session in the sweep, and a presigned URL id that is nobody's.
+SESSION = "fz-session"
+NO_URL = "psu-" + "0" * 16
 
 #: Every (method, path) the application serves, both spellings of each.
 SERVED = sorted(
@@ -77,8 +80,10 @@ def _mount_body(s3: S3, path: str, prefix: str = "release/") -> dict[str, Any]:
             "secret_access_key": s3.secret_access_key}
 
 
-def _path(template: str, sandbox_id: str, mount_id: str = NO_MOUNT) -> str:
-    return template.replace("{sandbox_id}", sandbox_id).replace("{mount_id}", mount_id)
+def _path(template: str, sandbox_id: str, mount_id: str = NO_MOUNT,
+          url_id: str = NO_URL) -> str:
+    return (template.replace("{sandbox_id}", sandbox_id).replace("{mount_id}", mount_id)
+            .replace("{session_id}", SESSION).replace("{id}", url_id))
 
 
 def _valid_body(s3: S3, method: str, template: str) -> dict[str, Any]:
@@ -114,6 +119,12 @@ def _valid_body(s3: S3, method: str, template: str) -> dict[str, Any]:
         return {"json": {"path": FILES[0]}}
     if "/git/" in route:
         return {"json": GIT_BODY}
+    if route.endswith("/pty/{session_id}/resize"):
+        return {"json": {"cols": 90, "rows": 30}}
+    if route.endswith("/pty") and method == "POST":
+        return {"json": {"lazy_start": True}}
+    if route.endswith("/presigned-url"):
+        return {"json": {"port": 8000}}
     if route == "/v1/sandbox" and method == "POST":
         return {"json": {"template_name": TEMPLATE, "network_policy": {"mode": "deny-all"}}}
     return {}
@@ -158,6 +169,7 @@ def _sandbox_of(client: httpx.Client, s3: S3) -> tuple[str, str]:
     box = created.json()
     assert client.post(f"/v1/sandbox/{box['id']}/filesystem/write-file",
                        params={"path": FILES[0]}, content=b"A's").status_code == 204
+    assert client.post(f"/v1/sandbox/{box['id']}/pty", json={"id": SESSION}).status_code == 201
     return box["id"], box["mounts"][0]["id"]
 
 
@@ -165,7 +177,8 @@ def _as_a_sees_it(client: httpx.Client, box: str) -> tuple[Any, ...]:
     got = client.get(f"/v1/sandbox/{box}/").json()
     content = client.post(f"/v1/sandbox/{box}/filesystem/read-file", json={"path": FILES[0]})
     swept = client.post(f"/v1/sandbox/{box}/filesystem/exists", json={"path": "/tmp/swept"})
-    return got["state"], got["mounts"], content.content, swept.json()
+    terminals = client.get(f"/v1/sandbox/{box}/pty").json()
+    return got["state"], got["mounts"], content.content, swept.json(), terminals
 
 
 def test_every_served_route_answers_another_organization_404_and_changes_nothing(
@@ -175,11 +188,12 @@ def test_every_served_route_answers_another_organization_404_and_changes_nothing
     a, b = clients["a"], clients["b"]
     try:
         box, mount = _sandbox_of(a, s3)
+        url = a.post(f"/v1/sandbox/{box}/presigned-url", json={"port": 8000}).json()
         before = _as_a_sees_it(a, box)
         sandbox_routes = [(m, t) for m, t in SERVED if "{sandbox_id}" in t]
         assert len(sandbox_routes) >= 30, SERVED  # every route, both spellings
         for method, template in sandbox_routes:
-            answer = b.request(method, _path(template, box, mount),
+            answer = b.request(method, _path(template, box, mount, url["id"]),
                                **_valid_body(s3, method, template))
             _not_found(answer)
         for method, template in SERVED:
@@ -193,7 +207,7 @@ def test_every_served_route_answers_another_organization_404_and_changes_nothing
         ordered = sorted(sandbox_routes, key=lambda r: (
             r[0] == "DELETE", any(r[1].rstrip("/").endswith(w) for w in last[1:])))
         for method, template in ordered:
-            _no_5xx(a.request(method, _path(template, box, mount),
+            _no_5xx(a.request(method, _path(template, box, mount, url["id"]),
                               **_valid_body(s3, method, template)))
     finally:
         _delete_everything(clients)
