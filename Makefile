@@ -4,9 +4,10 @@ PYTEST_ARGS ?=
 # rclone (object-storage mounts), nftables and iproute2 (network policy), procps and psmisc
 # (the tests look for leftover processes), skopeo, umoci, docker-registry, busybox-static and
 # apache2-utils (templates from container images, and the tests' registry and image), criu
-# (doctor asks it whether snapshots could hold processes).
+# (doctor asks it whether snapshots could hold processes), git (the git calls run the
+# sandbox's view of the host's /usr/bin/git).
 DEBIAN_PACKAGES = bubblewrap fuse3 rclone nftables iproute2 iptables procps psmisc curl \
-	ca-certificates skopeo umoci docker-registry busybox-static apache2-utils criu
+	ca-certificates skopeo umoci docker-registry busybox-static apache2-utils criu git
 
 .PHONY: deps install lint test demo schema bench pulumi
 

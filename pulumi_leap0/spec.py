@@ -160,6 +160,25 @@ FILE_SEARCH_TIMEOUT_S = 10
 MAX_EDITS = 100
 MAX_EDIT_FILE_BYTES = 8 * 1024 * 1024
 
+# --- Git calls -----------------------------------------------------------------------------
+
+#: How long one git call may take, in seconds: on the repository alone, and one that talks to
+#: a remote (clone, push, pull). The runner kills every process of the call at its deadline.
+GIT_CALL_TIMEOUT_S = 30
+GIT_REMOTE_TIMEOUT_S = 300
+#: Bytes of git's output (stdout, then stderr) one answer carries; the rest is cut.
+MAX_GIT_OUTPUT_BYTES = 1024 * 1024
+#: Bytes of one ref, branch, remote or revision; of a repository URL; of a commit message;
+#: of a username or password (used for that one call only).
+MAX_GIT_REF_BYTES = 1024
+MAX_GIT_URL_BYTES = 4096
+MAX_GIT_MESSAGE_BYTES = 64 * 1024
+MAX_GIT_CREDENTIAL_BYTES = 4096
+#: Files one ``git/add`` stages (all their paths together at most MAX_COMMAND_BYTES, as one
+#: command's), commits one ``git/log`` shows, context lines of a diff.
+MAX_GIT_ADD_FILES = 1000
+MAX_GIT_LOG_COUNT = 1000
+MAX_GIT_CONTEXT_LINES = 10_000
 # --- Terminals (PTY) and preview URLs -------------------------------------------------------
 
 #: PTY sessions one sandbox may hold at once (each a shell and its relay, in the sandbox's

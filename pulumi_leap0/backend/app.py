@@ -23,6 +23,7 @@ from pulumi_leap0.backend.middleware import BodyLimit, InternalErrors, SandboxHo
 from pulumi_leap0.backend.preview import Preview
 from pulumi_leap0.backend.routes import (
     filesystem,
+    git,
     health,
     mounts,
     presigned,
@@ -50,6 +51,7 @@ ROUTERS: list[APIRouter] = [
     filesystem.router,
     templates.router,
     snapshots.router,
+    git.router,
     system.router,
     pty.router,
     presigned.router,

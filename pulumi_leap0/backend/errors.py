@@ -43,6 +43,18 @@ def invalid(field: str, error: str) -> spec.SpecError:
     return spec.SpecError([spec.FieldError(field=field, error=error)])
 
 
+class Failed(spec.SpecError):
+    """A 400 whose summary is the sentence itself, not "Invalid request": clients that show
+    only ``message`` (the SDK does) show why, e.g. the words of a git command that failed."""
+
+    def body(self) -> spec.ValidationErrorBody:
+        return spec.ValidationErrorBody(message=self.errors[0].error, errors=self.errors)
+
+
+def failed(field: str, error: str) -> Failed:
+    return Failed([spec.FieldError(field=field, error=error)])
+
+
 def message_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse({"message": message}, status_code=status, headers=headers)
 

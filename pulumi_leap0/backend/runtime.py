@@ -15,16 +15,18 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
 from anyio import from_thread, to_thread
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from pulumi_leap0 import spec
-from pulumi_leap0.backend import models, pty_models
-from pulumi_leap0.backend.errors import ApiError, invalid
+from pulumi_leap0.backend import gitcalls, models, pty_models
+from pulumi_leap0.backend.errors import ApiError, failed, invalid
 from pulumi_leap0.backend.store import MountRecord, SandboxRecord, TemplateRecord, iso
 from pulumi_leap0.runner import templates as runner_templates
 from pulumi_leap0.runner.core import Runner as LinuxRunner
@@ -42,6 +44,7 @@ from pulumi_leap0.runner.errors import (
     TerminalTimeoutError,
 )
 from pulumi_leap0.runner.filecalls import FileReader, FilesReader
+from pulumi_leap0.runner.git import GitCredentials, GitMissing, GitNotStarted
 from pulumi_leap0.runner.images import BasicCredentials, Image, ImageStore, PullError
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.snapshots import SeedTooLarge
@@ -197,6 +200,12 @@ def translate_errors() -> Iterator[None]:
     except FileCallError as exc:
         raise invalid(exc.field, exc.message) from None
     except FileCallAborted as exc:
+        raise ApiError(409, str(exc)) from None
+    except gitcalls.GitFailed as exc:
+        raise failed(exc.field, str(exc)) from None
+    except GitNotStarted as exc:
+        raise ApiError(503, str(exc), headers={"Retry-After": "1"}) from None
+    except GitMissing as exc:
         raise ApiError(409, str(exc)) from None
     except OSError as exc:
         raise _file_answer(exc) from None
@@ -378,6 +387,25 @@ def snapshot(runner: Runner, sandbox_id: str, dest: Path, *, keep_frozen: bool) 
     return runner.snapshot(sandbox_id, dest, keep_frozen=keep_frozen)
 
 
+def git(runner: Runner, sandbox_id: str, call: gitcalls.Call) -> BaseModel:
+    """A git operation (``gitcalls.py``): its runs share one deadline, the operation's
+    bound (``spec.GIT_*_TIMEOUT_S``); the runner kills every process of a run at it."""
+    deadline = time.monotonic() + call.timeout_s
+    credentials = GitCredentials(*call.credentials) if call.credentials else None
+    late = ApiError(504, f"git {call.name} did not finish within {call.timeout_s} s")
+
+    def run(args: Sequence[str]) -> gitcalls.Outcome:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise late
+        result = runner.git(sandbox_id, args, env=call.env, timeout=left,
+                            max_output=spec.MAX_GIT_OUTPUT_BYTES, credentials=credentials)
+        if result.timed_out:
+            raise late
+        note = f"\n[git's output was cut at {spec.MAX_GIT_OUTPUT_BYTES} bytes]\n"
+        return gitcalls.Outcome(result.exit_code, result.output + (note if result.cut else ""))
+
+    return call.perform(run)  # a GitFailed becomes a 400 in translate_errors
 # --- Calls over many files, searches, edits (run in the sandbox's file helper) --------------
 
 

@@ -80,6 +80,7 @@ from pulumi_leap0.runner.errors import (
     SandboxNotRunningError,
 )
 from pulumi_leap0.runner.exec import DEFAULT_EXEC_TIMEOUT_S, run_command
+from pulumi_leap0.runner.git import GitCredentials, GitRun, run_git
 from pulumi_leap0.runner.images import ImageStore
 from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, check_id
 from pulumi_leap0.runner.templates import Template, TemplateRegistry
@@ -347,6 +348,15 @@ class Runner:
         box = self._require(sandbox_id)
         return run_command(self._cgroups, self._cg(box.id), box, command, cwd=cwd, env=env,
                            timeout=timeout)
+
+    def git(self, sandbox_id: str, args: Sequence[str], *, env: Mapping[str, str],
+            timeout: float, max_output: int,
+            credentials: GitCredentials | None = None) -> GitRun:
+        """Run ``git args...`` in the sandbox as its user, an exec like any other (its
+        network policy applies); ``credentials`` reach git on a pipe (``git.py``)."""
+        box = self._require(sandbox_id)
+        return run_git(self._cgroups, self._cg(box.id), box, args, env=env, timeout=timeout,
+                       max_output=max_output, credentials=credentials)
 
     def freeze(self, sandbox_id: str) -> None:
         box = self._require(sandbox_id)

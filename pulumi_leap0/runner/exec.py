@@ -85,9 +85,13 @@ def exec_script(env: Mapping[str, str], command: str | Sequence[str], workdir: s
     return "\n".join(lines).encode()
 
 
-def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, command: str, *,
-                cwd: str | None, env: Mapping[str, str] | None,
-                timeout: float | None) -> ExecResult:
+def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState,
+                command: str | Sequence[str], *, cwd: str | None,
+                env: Mapping[str, str] | None, timeout: float | None,
+                pass_fds: Sequence[int] = (),
+                max_output: int = MAX_OUTPUT_BYTES) -> ExecResult:
+    """``pass_fds``: descriptors the command inherits (a git call's credentials come on
+    one); ``max_output``: bytes kept of stdout and of stderr each."""
     if cgroups.is_frozen(sandbox_cgroup):
         raise SandboxFrozenError("the sandbox is paused")
     check_env(env or {})
@@ -104,11 +108,11 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
         try:
             proc = seccomp.popen(argv, env=sysutil.HOST_ENV, stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 start_new_session=True, cwd="/")
+                                 start_new_session=True, cwd="/", pass_fds=tuple(pass_fds))
         except OSError as exc:
             raise RunnerError(f"could not run the command: {exc}") from exc
         out, err, timed_out = _collect(cgroups, proc, timeout, call,
-                                       exec_script(merged, command, workdir))
+                                       exec_script(merged, command, workdir), max_output)
     finally:
         cgroups.remove_if_empty(call)
         with _live_lock:
@@ -125,7 +129,8 @@ def run_command(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, comman
 
 
 def _collect(cgroups: Cgroups, proc: subprocess.Popen[bytes], timeout: float | None,
-             call: str, script: bytes) -> tuple[bytes, bytes, bool]:
+             call: str, script: bytes,
+             max_output: int = MAX_OUTPUT_BYTES) -> tuple[bytes, bytes, bool]:
     """Feed ``script`` to the chain's stdin and read its output, in one loop: the script
     may be larger than a pipe holds, and the command may write before it is all read."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -171,8 +176,8 @@ def _collect(cgroups: Cgroups, proc: subprocess.Popen[bytes], timeout: float | N
                     open_fds.discard(fd)
                     continue
                 buf = streams[fd]
-                if len(buf) < MAX_OUTPUT_BYTES:
-                    buf += chunk[: MAX_OUTPUT_BYTES - len(buf)]
+                if len(buf) < max_output:
+                    buf += chunk[: max_output - len(buf)]
         if proc.poll() is None:
             # Output closed but the command runs on: wait for it within the deadline.
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -14,6 +14,8 @@ import pytest
 
 from tests.backend.helpers import TEMPLATE, http, sdk
 from tests.fixtures.backend import BackendServer, running_backend
+from tests.fixtures.git_server import PORT as GIT_PORT
+from tests.fixtures.git_server import GitServer
 from tests.hosts import TestHosts
 
 SECRET = "Bearer api-egress-secret-93ab"
@@ -106,3 +108,27 @@ def test_resume_starts_a_filter_that_died_while_paused(
             assert result["exit_code"] == 0, result
         finally:
             raw.delete(f"/v1/sandbox/{sandbox_id}")
+
+
+def test_a_git_clone_reaches_only_the_names_a_custom_policy_allows(
+        egress_backend: BackendServer, hosts: TestHosts, git_server: GitServer) -> None:
+    repo = git_server.repo("named-policy")
+    api_key = egress_backend.new_api_key()
+    with sdk(egress_backend, api_key) as leap0, http(egress_backend, api_key) as raw:
+        box = leap0.sandboxes.create(template_name=TEMPLATE, network_policy={
+            "mode": "custom", "allow_domains": ["allowed.leap0.test"]})
+        try:
+            def clone(host: str, path: str) -> tuple[int, str]:
+                answer = raw.post(f"/v1/sandbox/{box.id}/git/clone", json={
+                    "url": f"http://{host}:{GIT_PORT}/public/{repo}", "path": path},
+                    timeout=120)
+                return answer.status_code, answer.text
+
+            assert clone("allowed.leap0.test", "/tmp/a")[0] == 200
+            before = len(git_server.requests())
+            status, text = clone("forbidden.leap0.test", "/tmp/f")
+            assert status == 400 and "unable to access" in text, text
+            # The same server by another name: the filter never dialled it.
+            assert len(git_server.requests()) == before
+        finally:
+            leap0.sandboxes.delete(box.id)

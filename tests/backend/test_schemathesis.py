@@ -53,6 +53,22 @@ OPERATIONS = [
     "filesystemReadFile",
     "filesystemDelete",
     "filesystemExists",
+    "gitClone",
+    "gitStatus",
+    "gitBranches",
+    "gitDiffUnstaged",
+    "gitDiffStaged",
+    "gitDiff",
+    "gitReset",
+    "gitLog",
+    "gitShow",
+    "gitCreateBranch",
+    "gitCheckoutBranch",
+    "gitDeleteBranch",
+    "gitAdd",
+    "gitCommit",
+    "gitPush",
+    "gitPull",
     "createSnapshot",
     "listSnapshots",
     "deleteSnapshot",
@@ -151,6 +167,9 @@ def _keep_local(body: Any) -> None:
                 mount["endpoint"] = LOCAL_ENDPOINT
 
 
+# One test runs every operation's cases, so its bound grows with the list (the suite's 300 s
+# is less than 34 operations take on a loaded machine).
+@pytest.mark.timeout(20 * len(OPERATIONS))
 # One test item for every operation's cases: 12 cases each of 30 operations over real
 # sandboxes take longer than the suite's 300 s per test on a loaded 2-core machine.
 @schema.parametrize()

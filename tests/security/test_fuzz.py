@@ -58,6 +58,10 @@ PREFIXES = {"release/": ("readme.txt", OBJECTS["release/readme.txt"]),
             "release/v1/": ("config.json", OBJECTS["release/v1/config.json"])}
 NOBODYS = "sbx-" + "0" * 20
 NO_MOUNT = "mnt-" + "0" * 16
+#: What every git route would accept: a repository path and each operation's own fields.
+GIT_BODY = {"path": "/tmp/swept-repo", "url": "/tmp/swept-origin.git", "target": "HEAD",
+            "revision": "HEAD", "name": "swept", "branch": "swept", "files": ["swept"],
+            "message": "swept"}
 #: A's PTY session in the sweep, and a presigned URL id that is nobody's.
 SESSION = "fz-session"
 NO_URL = "psu-" + "0" * 16
@@ -113,6 +117,8 @@ def _valid_body(s3: S3, method: str, template: str) -> dict[str, Any]:
         return {"json": {"src_path": FILES[0], "dst_path": "/tmp/swept"}}
     if "/filesystem/" in route:
         return {"json": {"path": FILES[0]}}
+    if "/git/" in route:
+        return {"json": GIT_BODY}
     if route.endswith("/pty/{session_id}/resize"):
         return {"json": {"cols": 90, "rows": 30}}
     if route.endswith("/pty") and method == "POST":
