@@ -96,9 +96,6 @@ OPERATIONS = [
 ]
 LOCAL_ENDPOINT = "http://127.0.0.1:9"
 LOCAL_IMAGE = "127.0.0.1:9/fuzz/image:v1"
-# One test over every operation above, each with a bounded number of examples: its time
-# grows with the operations served, past the per-test default (pyproject's 300 s).
-pytestmark = pytest.mark.timeout(1800)
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
@@ -170,8 +167,6 @@ def _keep_local(body: Any) -> None:
 # One test runs every operation's cases, so its bound grows with the list (the suite's 300 s
 # is less than 34 operations take on a loaded machine).
 @pytest.mark.timeout(20 * len(OPERATIONS))
-# One test item for every operation's cases: 12 cases each of 30 operations over real
-# sandboxes take longer than the suite's 300 s per test on a loaded 2-core machine.
 @schema.parametrize()
 @settings(
     max_examples=12,
