@@ -27,8 +27,9 @@ lint:
 	$(PYTHON) -m ruff check pulumi_leap0 tests bench examples
 	$(PYTHON) -m mypy --strict pulumi_leap0
 
-# Installs first, so that this works on a fresh machine (and in CI, which runs exactly it).
-test: deps install
+# Installs first, so that this works on a fresh machine (and in CI, which runs exactly it);
+# the Pulumi CLI too, since tests/cli need it (in CI a missing CLI is a failure).
+test: deps install pulumi
 	$(MAKE) lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
