@@ -1,5 +1,5 @@
-"""Fixtures of the SDK tests: the official ``leap0`` client for a fresh organization, and a
-deny-all sandbox of it."""
+"""Fixtures of the SDK tests: the official ``leap0`` client for a fresh organization
+(``sdk_client``, beside the project's own ``client``), and a deny-all sandbox of it."""
 
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from tests.support import require
 
 
 @pytest.fixture
-def client(backend: BackendServer, api_key: str) -> Iterator[Any]:
+def sdk_client(backend: BackendServer, api_key: str) -> Iterator[Any]:
     require(os.geteuid() == 0, "file calls as the sandbox user need a root runner")
     with sdk(backend, api_key) as leap0:
         yield leap0
 
 
 @pytest.fixture
-def box(client: Any) -> Iterator[Any]:
-    sandbox = client.sandboxes.create(template_name=TEMPLATE,
+def box(sdk_client: Any) -> Iterator[Any]:
+    sandbox = sdk_client.sandboxes.create(template_name=TEMPLATE,
                                       network_policy={"mode": "deny-all"})
     try:
         yield sandbox
     finally:
-        client.sandboxes.delete(sandbox.id)
+        sdk_client.sandboxes.delete(sandbox.id)

@@ -10,10 +10,10 @@ import asyncio
 from typing import Any
 
 
-def test_langchain_leap0_file_tools(client: Any, box: Any) -> None:
+def test_langchain_leap0_file_tools(sdk_client: Any, box: Any) -> None:
     from langchain_leap0 import Leap0Sandbox
 
-    backend = Leap0Sandbox(client=client, sandbox=box, timeout=60)
+    backend = Leap0Sandbox(client=sdk_client, sandbox=box, timeout=60)
     assert backend.id == box.id
     # The calls behind Deep Agents' write_file, read_file, edit_file, ls, glob and grep tools.
     written = backend.write("/home/user/app/main.py", "def greet():\n    return 'hi'\n")
@@ -43,10 +43,10 @@ def test_langchain_leap0_file_tools(client: Any, box: Any) -> None:
     assert offline.exit_code != 0
 
 
-def test_leap0_adk_file_tools(client: Any, box: Any) -> None:
+def test_leap0_adk_file_tools(sdk_client: Any, box: Any) -> None:
     from leap0_adk import Leap0Plugin
 
-    plugin = Leap0Plugin(client=client, sandbox=box)
+    plugin = Leap0Plugin(client=sdk_client, sandbox=box)
     tools = {tool.name: tool for tool in plugin.get_tools()}
     assert {"leap0_fs_read", "leap0_fs_write", "leap0_fs_list", "leap0_fs_delete"} <= set(tools)
 

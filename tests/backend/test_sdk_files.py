@@ -159,7 +159,7 @@ def test_move_and_copy(box: Any) -> None:
         "one\ngone\n")
 
 
-def test_user_home_dir_and_workdir(box: Any, client: Any) -> None:
+def test_user_home_dir_and_workdir(box: Any, sdk_client: Any) -> None:
     assert box.get_user_home_dir() == "/home/user"
     assert box.get_workdir() == "/home/user"
-    assert client.sandboxes.get_workdir(box.id) == _run(box, "pwd").strip()
+    assert sdk_client.sandboxes.get_workdir(box.id) == _run(box, "pwd").strip()
