@@ -261,7 +261,8 @@ class Template(pulumi.dynamic.Resource, module="leap0", name="Template"):
     * ``credentials`` are secret (marked here, whatever the program passes) and serve the
       upload only: Leap0 never stores or returns them, so changing them alone changes
       nothing; state keeps a fingerprint (``credentials_sha256``), never the values.
-    * Delete fails while a sandbox still uses the template, naming the sandboxes.
+    * Delete waits up to 30 s for sandboxes that still use the template to go (one restored
+      from a snapshot uses it without depending on it), then fails naming them.
     * Refresh: the API has no call that reads or lists templates, so refresh cannot see a
       template renamed or deleted outside Pulumi; it keeps the outputs the last ``up``
       recorded (``digest``, ``image_config``, ``created_at``). A template deleted outside

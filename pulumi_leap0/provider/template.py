@@ -27,7 +27,13 @@ from pulumi.dynamic import (
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Error
 from pulumi_leap0.provider import normal_form
-from pulumi_leap0.provider.base import Leap0Provider, ProviderError, create_error, diff_result
+from pulumi_leap0.provider.base import (
+    Backoff,
+    Leap0Provider,
+    ProviderError,
+    create_error,
+    diff_result,
+)
 
 # --- Inputs in normal form -------------------------------------------------------------------
 
@@ -35,6 +41,8 @@ from pulumi_leap0.provider.base import Leap0Provider, ProviderError, create_erro
 COMPUTED_OUTPUTS = ("digest", "image_config", "is_system", "created_at",
                     "credentials_sha256")
 _COMPARED = ("name", "uri")
+#: How long delete waits for sandboxes that still use the template to go (``delete``).
+IN_USE_WAIT_S = 30.0
 _API_INPUTS = tuple(spec.TemplateUploadRequest.model_fields)
 # Both required fields may be unknown in a preview: stand-ins that pass every rule.
 _STAND_INS = {"name": "unknown", "uri": "unknown"}
@@ -113,17 +121,26 @@ class TemplateProvider(Leap0Provider):
     # --- delete ----------------------------------------------------------------------------
 
     def delete(self, id_: str, _props: dict[str, Any]) -> None:
+        # A sandbox may use the template without depending on it in the program (one restored
+        # from a snapshot of a sandbox of it), so the engine can delete both at once: while
+        # sandboxes are still going, "in use" is waited out, as Terraform providers retry a
+        # resource still in use, and only then is it the error that names them.
+        backoff = Backoff(IN_USE_WAIT_S)
         with self.client() as client:
-            try:
-                client.delete_template(id_)
-            except Leap0Error as exc:
-                if exc.not_found:
-                    return  # already gone: what delete wants
-                if exc.conflict:
-                    # The message names the sandboxes that still use it.
-                    raise ProviderError(f"Leap0 refused to delete template {id_}: "
-                                        f"{exc.message}") from None
-                raise ProviderError(f"Leap0 could not delete template {id_}: {exc}") from None
+            while True:
+                try:
+                    client.delete_template(id_)
+                    return
+                except Leap0Error as exc:
+                    if exc.not_found:
+                        return  # already gone: what delete wants
+                    if not exc.conflict:
+                        raise ProviderError(
+                            f"Leap0 could not delete template {id_}: {exc}") from None
+                    if not backoff.pause():
+                        # The message names the sandboxes that still use it.
+                        raise ProviderError(f"Leap0 refused to delete template {id_}: "
+                                            f"{exc.message}") from None
 
 
 # --- Helpers for the calls above, in the same order ------------------------------------------

@@ -5,6 +5,8 @@ props that serialization would tidy away (``None`` values from ``Sandbox.get``).
 from __future__ import annotations
 
 import json
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +17,9 @@ from pulumi_leap0 import provider as provider_module
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client, RetryPolicy
 from pulumi_leap0.provider import base as provider_base
+from pulumi_leap0.provider import template as template_provider
 from tests.fixtures.backend import BackendServer
+from tests.fixtures.registry import Registries
 
 BASE: dict[str, Any] = {"template_name": "system/debian:bookworm"}
 Handler = Callable[[httpx.Request, Callable[[], httpx.Response]], httpx.Response | None]
@@ -185,3 +189,25 @@ def test_errors_never_carry_credentials(faults: Faults) -> None:
                                                   "mounts": [mount]})
     assert "mounts[0].secret_access_key" in str(raised.value)
     assert secret not in str(raised.value)
+
+
+def test_a_template_delete_waits_out_a_sandbox_going_then_names_one_that_stays(
+    faults: Faults, backend: BackendServer, api_key: str, registries: Registries,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A sandbox restored from a snapshot uses its template without depending on it in the
+    # program, so the engine may delete the two at once (tests/cli/test_images.py).
+    templates = provider_module.TemplateProvider()
+    sandboxes_ = provider_module.SandboxProvider()
+    made = templates.create({"name": f"inuse-{uuid.uuid4().hex[:8]}", "uri": registries.uri()})
+    box = sandboxes_.create({"template_name": made.outs["name"]})
+    monkeypatch.setattr(template_provider, "IN_USE_WAIT_S", 1.0)
+    with pytest.raises(provider_module.ProviderError, match=box.id):
+        templates.delete(made.id, made.outs)
+
+    monkeypatch.setattr(template_provider, "IN_USE_WAIT_S", 60.0)
+    going = threading.Timer(1.0, sandboxes_.delete, (box.id, box.outs))
+    going.start()
+    templates.delete(made.id, made.outs)  # returns once the sandbox has gone
+    going.join()
+    assert faults.seen.count(f"DELETE /v1/template/{made.id}") >= 2
