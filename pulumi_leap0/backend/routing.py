@@ -52,6 +52,16 @@ async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
     return spec.validate(model, errors.parse_json(await request.body()))
 
 
+def parse_query(request: Request, model: type[ModelT]) -> ModelT:
+    """A list call's query, validated; a 400 ``{"message"}`` naming the parameter. The
+    document allows either error shape for these calls, and a body with ``errors`` also
+    matches the plain one, so only ``{"message"}`` satisfies its ``oneOf``."""
+    try:
+        return spec.validate(model, dict(request.query_params))
+    except spec.SpecError as exc:
+        raise errors.ApiError(400, f"Invalid query: {exc}") from None
+
+
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """An OpenAPI ``requestBody`` for a body that ``parse_body`` reads."""
     return {

@@ -7,7 +7,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pulumi_leap0 import spec
-from pulumi_leap0.backend import errors, models
+from pulumi_leap0.backend import models
 from pulumi_leap0.backend.dependencies import Caller, Changing, Creating, Reading
 from pulumi_leap0.backend.routing import (
     Router,
@@ -15,6 +15,7 @@ from pulumi_leap0.backend.routing import (
     json_response,
     no_content,
     parse_body,
+    parse_query,
     query_parameters,
 )
 
@@ -43,12 +44,7 @@ async def delete_sandbox(scope: Changing) -> Response:
 @router.get("/v1/sandboxes", response_model=spec.SandboxList,
             openapi_extra=query_parameters(models.ListQuery))
 async def list_sandboxes(request: Request, caller: Caller) -> Response:
-    try:
-        query = spec.validate(models.ListQuery, dict(request.query_params))
-    except spec.SpecError as exc:
-        # The document allows either error shape here, and a body with ``errors`` also
-        # matches the plain one, so only ``{"message"}`` satisfies its ``oneOf``.
-        raise errors.ApiError(400, f"Invalid query: {exc}") from None
+    query = parse_query(request, models.ListQuery)
     records, total = caller.lifecycle.store.list_sandboxes(
         caller.org,
         state=query.state,

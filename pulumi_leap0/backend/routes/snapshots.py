@@ -13,7 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pulumi_leap0 import spec
-from pulumi_leap0.backend import errors, models
+from pulumi_leap0.backend import models
 from pulumi_leap0.backend.dependencies import Caller, Changing, Creating
 from pulumi_leap0.backend.routing import (
     Router,
@@ -21,6 +21,7 @@ from pulumi_leap0.backend.routing import (
     json_response,
     no_content,
     parse_body,
+    parse_query,
     query_parameters,
 )
 
@@ -38,11 +39,7 @@ async def create_snapshot(request: Request, scope: Changing) -> Response:
 @router.get("/v1/snapshots", response_model=spec.SnapshotList,
             openapi_extra=query_parameters(models.SnapshotListQuery))
 async def list_snapshots(request: Request, caller: Caller) -> Response:
-    try:
-        query = spec.validate(models.SnapshotListQuery, dict(request.query_params))
-    except spec.SpecError as exc:
-        # As for the sandbox list: only ``{"message"}`` satisfies the document's ``oneOf``.
-        raise errors.ApiError(400, f"Invalid query: {exc}") from None
+    query = parse_query(request, models.SnapshotListQuery)
     records, total = caller.lifecycle.store.list_snapshots(
         caller.org, query=query.query, sort=query.sort, descending=query.order_by == "desc",
         page=query.page, page_size=query.page_size)
