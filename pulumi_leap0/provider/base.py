@@ -19,7 +19,13 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import Any, Protocol, TypeVar
 
-from pulumi.dynamic import ConfigureRequest, DiffResult, ResourceProvider
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    DiffResult,
+    ResourceProvider,
+)
 
 from pulumi_leap0.client import API_KEY_ENV, BASE_URL_ENV, Leap0Client, Leap0Error
 
@@ -69,6 +75,14 @@ class Leap0Provider(ResourceProvider):
         base_url = self._base_url or os.environ.get(BASE_URL_ENV)
         with Leap0Client(api_key, base_url) as client:
             yield client
+
+
+def check_result(news: dict[str, Any],
+                 normalized: tuple[dict[str, Any], list[CheckFailure]]) -> CheckResult:
+    """The engine's answer to check: the inputs in normal form, or, when a rule broke, what
+    the user wrote, so that the engine reports the failures against it."""
+    inputs, failures = normalized
+    return CheckResult(news, failures) if failures else CheckResult(inputs, [])
 
 
 def diff_result(

@@ -34,6 +34,7 @@ from pulumi_leap0.provider.base import (
     DELETE_TIMEOUT_S,
     Leap0Provider,
     ProviderError,
+    check_result,
     create_error,
     delete_and_wait,
     deleted_on_failure,
@@ -169,11 +170,7 @@ class SandboxProvider(Leap0Provider):
     # --- check and diff --------------------------------------------------------------------
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs, failures = normal_inputs(news)
-        if failures:
-            # Hand back what the user wrote, so the engine reports failures against it.
-            return CheckResult(news, failures)
-        return CheckResult(inputs, [])
+        return check_result(news, normal_inputs(news))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         compared = [n for n in _COMPARED

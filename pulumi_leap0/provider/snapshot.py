@@ -32,6 +32,7 @@ from pulumi_leap0.provider.base import (
     DELETE_TIMEOUT_S,
     Leap0Provider,
     ProviderError,
+    check_result,
     create_error,
     delete_and_wait,
     diff_result,
@@ -75,10 +76,7 @@ class SnapshotProvider(Leap0Provider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         if news.get("name") is None:
             news = {**news, "name": olds.get("name") or generated_name()}
-        inputs, failures = normal_inputs(news)
-        if failures:
-            return CheckResult(news, failures)
-        return CheckResult(inputs, [])
+        return check_result(news, normal_inputs(news))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         new, old = normal_inputs(news)[0], normal_inputs(olds)[0]

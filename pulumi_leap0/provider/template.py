@@ -31,6 +31,7 @@ from pulumi_leap0.provider.base import (
     Backoff,
     Leap0Provider,
     ProviderError,
+    check_result,
     create_error,
     diff_result,
 )
@@ -76,10 +77,7 @@ class TemplateProvider(Leap0Provider):
     # --- check and diff --------------------------------------------------------------------
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs, failures = normal_inputs(news)
-        if failures:
-            return CheckResult(news, failures)
-        return CheckResult(inputs, [])
+        return check_result(news, normal_inputs(news))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = normal_form.changed(news, olds, _COMPARED)
