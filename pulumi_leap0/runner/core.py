@@ -457,7 +457,7 @@ class Runner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(box.init_pid, signal.SIGKILL)
             # Give host-side nsenter processes of running execs the moment they need to
-            # reap their (now killed) children and exit on their own (see exec._kill_call).
+            # reap their (now killed) children and exit on their own (see exec.kill_call).
             deadline = time.monotonic() + 0.5
             while self._cgroups.populated(rel) and time.monotonic() < deadline:
                 time.sleep(0.002)

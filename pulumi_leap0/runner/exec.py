@@ -152,7 +152,7 @@ def _collect(cgroups: Cgroups, proc: subprocess.Popen[bytes], timeout: float | N
                 break
             if deadline is not None and now >= deadline and exited_at is None:
                 timed_out = True
-                _kill_call(cgroups, proc, call)
+                kill_call(cgroups, proc, call)
                 exited_at = time.monotonic()
                 continue
             wait = 0.05
@@ -185,7 +185,7 @@ def _collect(cgroups: Cgroups, proc: subprocess.Popen[bytes], timeout: float | N
                 proc.wait(timeout=left)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                _kill_call(cgroups, proc, call)
+                kill_call(cgroups, proc, call)
     finally:
         proc.stdin.close()
         proc.stdout.close()
@@ -195,7 +195,7 @@ def _collect(cgroups: Cgroups, proc: subprocess.Popen[bytes], timeout: float | N
     return bytes(streams[out_fd]), bytes(streams[err_fd]), timed_out
 
 
-def _kill_call(cgroups: Cgroups, proc: subprocess.Popen[bytes], call: str) -> None:
+def kill_call(cgroups: Cgroups, proc: subprocess.Popen[bytes], call: str) -> None:
     """Kill one exec's whole process tree, leaving no zombie behind.
 
     The host-side ``nsenter`` (``proc``) is spared at first: it must outlive the command's

@@ -20,7 +20,6 @@ import errno
 import os
 import secrets
 import select
-import signal
 import subprocess
 import threading
 import time
@@ -39,7 +38,7 @@ from pulumi_leap0.runner.errors import (
     TerminalNotFoundError,
     TerminalTimeoutError,
 )
-from pulumi_leap0.runner.exec import exec_argv, exec_script
+from pulumi_leap0.runner.exec import exec_argv, exec_script, kill_call
 from pulumi_leap0.runner.ptyrelay import DATA, HEADER, RESIZE, SIZE
 from pulumi_leap0.runner.state import SandboxState
 from pulumi_leap0.runner.types import check_env
@@ -298,15 +297,7 @@ def _kill(cgroups: Cgroups, process: subprocess.Popen[bytes], cgroup: str) -> No
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
-    if cgroups.kill_all_but(cgroup, process.pid):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=1.0)
-        cgroups.kill(cgroup)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
+    kill_call(cgroups, process, cgroup)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5.0)
     cgroups.remove_if_empty(cgroup)
