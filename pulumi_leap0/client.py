@@ -16,7 +16,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
 
@@ -224,19 +224,21 @@ class Leap0Client:
                                         "page": page, "page-size": page_size}
         return self._call("GET", "/v1/snapshots", spec.SnapshotList, params=params)
 
-    def find_snapshot(self, name: str) -> spec.Snapshot | None:
-        """The snapshot of exactly this name, through the list call (the API has no call
-        that reads one snapshot); None when there is none."""
+    def iter_snapshots(self, query: str = "") -> Iterator[spec.Snapshot]:
+        """Every snapshot whose name contains ``query``, page after page of the list call
+        (the API has no call that reads one snapshot)."""
         page = 1
         while True:
-            listing = self.list_snapshots(query=name, page=page,
+            listing = self.list_snapshots(query=query, page=page,
                                           page_size=spec.LIST_PAGE_SIZE_MAX)
-            for snapshot in listing.items:
-                if snapshot.name == name:
-                    return snapshot
+            yield from listing.items
             if page * spec.LIST_PAGE_SIZE_MAX >= listing.total_items or not listing.items:
-                return None
+                return
             page += 1
+
+    def find_snapshot(self, name: str) -> spec.Snapshot | None:
+        """The snapshot of exactly this name; None when there is none."""
+        return next((s for s in self.iter_snapshots(query=name) if s.name == name), None)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._call_no_content("DELETE", f"/v1/snapshot/{snapshot_id}")

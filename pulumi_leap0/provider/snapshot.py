@@ -161,12 +161,4 @@ def _computed(snapshot: spec.Snapshot) -> dict[str, Any]:
 
 def _by_id(client: Leap0Client, snapshot_id: str) -> spec.Snapshot | None:
     """``Snapshot.get`` reads with no old outputs: walk the list for the id."""
-    page = 1
-    while True:
-        listing = client.list_snapshots(page=page, page_size=spec.LIST_PAGE_SIZE_MAX)
-        for snapshot in listing.items:
-            if snapshot.id == snapshot_id:
-                return snapshot
-        if page * spec.LIST_PAGE_SIZE_MAX >= listing.total_items or not listing.items:
-            return None
-        page += 1
+    return next((s for s in client.iter_snapshots() if s.id == snapshot_id), None)
