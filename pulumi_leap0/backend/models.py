@@ -251,35 +251,31 @@ ListState = Annotated[
 ]
 
 
-class ListQuery(_Body):
-    """The query of ``GET /v1/sandboxes`` (field names as the API spells them)."""
+class _PagedQuery(_Body):
+    """What every list call's query has: order and page (field names as the API spells
+    them); the unknown parameters a client may send are ignored."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    order_by: Literal["asc", "desc"] = Field(default="desc", alias="order-by")
+    page: int = Field(default=1, ge=1)
+    page_size: int = Field(
+        default=spec.LIST_PAGE_SIZE_DEFAULT,
+        ge=1,
+        le=spec.LIST_PAGE_SIZE_MAX,
+        alias="page-size",
+    )
+
+
+class ListQuery(_PagedQuery):
+    """The query of ``GET /v1/sandboxes``."""
 
     state: ListState | None = None
     sort: Literal["created_at", "state"] = "created_at"
-    order_by: Literal["asc", "desc"] = Field(default="desc", alias="order-by")
-    page: int = Field(default=1, ge=1)
-    page_size: int = Field(
-        default=spec.LIST_PAGE_SIZE_DEFAULT,
-        ge=1,
-        le=spec.LIST_PAGE_SIZE_MAX,
-        alias="page-size",
-    )
 
 
-class SnapshotListQuery(_Body):
+class SnapshotListQuery(_PagedQuery):
     """The query of ``GET /v1/snapshots``: ``query`` matches part of a name, any case."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     query: str = Field(default="", max_length=spec.MAX_SNAPSHOT_NAME_CHARS)
     sort: Literal["created_at", "template_id"] = "created_at"
-    order_by: Literal["asc", "desc"] = Field(default="desc", alias="order-by")
-    page: int = Field(default=1, ge=1)
-    page_size: int = Field(
-        default=spec.LIST_PAGE_SIZE_DEFAULT,
-        ge=1,
-        le=spec.LIST_PAGE_SIZE_MAX,
-        alias="page-size",
-    )
