@@ -296,8 +296,8 @@ def main() -> int:
                 runner.start(SandboxConfig(
                     id=ids[side], template=TEMPLATE,
                     network_policy=spec.NetworkPolicy.model_validate(policy)))
-                runner.write_file(ids[side], CLIENT_PATH, CLIENT.encode())
-                runner.write_file(ids[side], TEST_CA, hosts.ca_file.read_bytes())
+                runner.files.write_file(ids[side], CLIENT_PATH, CLIENT.encode())
+                runner.files.write_file(ids[side], TEST_CA, hosts.ca_file.read_bytes())
             server = netns_pids(hosts.netns)
             if len(server) != 1:
                 raise RuntimeError(f"expected one test server process, found {server}")

@@ -6,7 +6,7 @@ Through the runner (what the API's snapshot and restore calls spend their time i
 one sandbox with ``--mib`` MiB of random bytes in its home, then per round, in alternating
 order so both see the same load:
 
-* snapshot: ``Runner.snapshot`` (freeze, tar through a counting pipe, fsync, thaw) against
+* snapshot: ``Runner.snapshots.take`` (freeze, tar through a counting pipe, fsync, thaw) against
   the floor, plain ``tar --create`` of the same layer into a file;
 * restore: ``Runner.start`` with the archive as its seed (a fresh sandbox: tmpfs, cgroup,
   network, the unpacker as the sandbox's uid, then the init) against the floor, a plain
@@ -76,7 +76,7 @@ def main() -> int:
 
         def snapshot(n: int) -> None:
             dest = store / f"snap-{n}.tar"
-            times["snapshot"].append(_ms(lambda: runner.snapshot(source, dest)))
+            times["snapshot"].append(_ms(lambda: runner.snapshots.take(source, dest)))
 
         def tar_create(n: int) -> None:
             dest = store / f"tar-{n}.tar"

@@ -231,18 +231,18 @@ def _file_info(info: FileInfo) -> models.FileInfo:
 
 
 def list_dir(runner: Runner, sandbox_id: str, body: models.LsRequest) -> models.LsResponse:
-    items = runner.list_dir(
+    items = runner.files.list_dir(
         sandbox_id, body.path, recursive=body.recursive, exclude=list(body.exclude)
     )
     return models.LsResponse(items=[_file_info(i) for i in items])
 
 
 def stat(runner: Runner, sandbox_id: str, body: models.PathRequest) -> models.FileInfo:
-    return _file_info(runner.stat(sandbox_id, body.path))
+    return _file_info(runner.files.stat(sandbox_id, body.path))
 
 
 def mkdir(runner: Runner, sandbox_id: str, body: models.MkdirRequest) -> None:
-    runner.mkdir(
+    runner.files.mkdir(
         sandbox_id, body.path, recursive=body.recursive, mode=int(body.permissions or "755", 8)
     )
 
@@ -261,7 +261,7 @@ def write_file(
     own helper writes it, so the page cache and tmpfs pages are the sandbox's."""
     mode = int(query.permissions, 8) if query.permissions else None
     content = body if isinstance(body, bytes) else _pulled(body)
-    runner.write_file(sandbox_id, query.path, content, mode=mode)
+    runner.files.write_file(sandbox_id, query.path, content, mode=mode)
 
 
 #: How much of a streamed body one hop to the event loop collects: hops cost more than
@@ -297,8 +297,8 @@ READ_AHEAD_BYTES = 256 * 1024
 def read_file(runner: Runner, sandbox_id: str, body: models.ReadFileRequest) -> FileReader:
     """The file open and read ahead; errors about the file come from here, before the
     answer starts. ``head``, ``tail``, ``offset`` and ``limit`` are applied in the sandbox."""
-    reader = runner.open_file(sandbox_id, body.path, offset=body.offset or 0,
-                              limit=body.limit, head=body.head, tail=body.tail)
+    reader = runner.files.open_file(sandbox_id, body.path, offset=body.offset or 0,
+                                    limit=body.limit, head=body.head, tail=body.tail)
     try:
         reader.prefetch(READ_AHEAD_BYTES)
     except BaseException:
@@ -322,11 +322,11 @@ async def file_content(reader: FileReader) -> AsyncIterator[bytes]:
 
 
 def delete(runner: Runner, sandbox_id: str, body: models.DeleteRequest) -> None:
-    runner.delete(sandbox_id, body.path, recursive=body.recursive)
+    runner.files.delete(sandbox_id, body.path, recursive=body.recursive)
 
 
 def exists(runner: Runner, sandbox_id: str, body: models.PathRequest) -> models.ExistsResponse:
-    return models.ExistsResponse(exists=runner.exists(sandbox_id, body.path))
+    return models.ExistsResponse(exists=runner.files.exists(sandbox_id, body.path))
 
 
 # --- Templates ------------------------------------------------------------------------------
@@ -384,7 +384,7 @@ def remove_image(runner: Runner, digest: str) -> None:
 
 def snapshot(runner: Runner, sandbox_id: str, dest: Path, *, keep_frozen: bool) -> int:
     """The sandbox's files into ``dest``, a private file of the backend's; its size."""
-    return runner.snapshot(sandbox_id, dest, keep_frozen=keep_frozen)
+    return runner.snapshots.take(sandbox_id, dest, keep_frozen=keep_frozen)
 
 
 def git(runner: Runner, sandbox_id: str, call: gitcalls.Call) -> BaseModel:
@@ -398,8 +398,8 @@ def git(runner: Runner, sandbox_id: str, call: gitcalls.Call) -> BaseModel:
         left = deadline - time.monotonic()
         if left <= 0:
             raise late
-        result = runner.git(sandbox_id, args, env=call.env, timeout=left,
-                            max_output=spec.MAX_GIT_OUTPUT_BYTES, credentials=credentials)
+        result = runner.git.run(sandbox_id, args, env=call.env, timeout=left,
+                                max_output=spec.MAX_GIT_OUTPUT_BYTES, credentials=credentials)
         if result.timed_out:
             raise late
         note = f"\n[git's output was cut at {spec.MAX_GIT_OUTPUT_BYTES} bytes]\n"
@@ -410,12 +410,12 @@ def git(runner: Runner, sandbox_id: str, call: gitcalls.Call) -> BaseModel:
 
 
 def write_files(runner: Runner, sandbox_id: str, items: Sequence[tuple[str, bytes]]) -> None:
-    runner.write_files(sandbox_id, items)
+    runner.files.write_files(sandbox_id, items)
 
 
 def read_files(runner: Runner, sandbox_id: str, body: models.ReadFilesRequest) -> FilesReader:
     """The files open; errors about any of them come from here, before the answer starts."""
-    return runner.open_files(sandbox_id, body.paths)
+    return runner.files.open_files(sandbox_id, body.paths)
 
 
 def next_chunk(reader: FilesReader) -> bytes:
@@ -424,48 +424,50 @@ def next_chunk(reader: FilesReader) -> bytes:
 
 
 def set_permissions(runner: Runner, sandbox_id: str, body: models.SetPermissionsRequest) -> None:
-    runner.set_permissions(sandbox_id, body.path, mode=None if body.mode is None else
-                           int(body.mode, 8), owner=body.owner, group=body.group)
+    runner.files.set_permissions(sandbox_id, body.path, mode=None if body.mode is None else
+                                 int(body.mode, 8), owner=body.owner, group=body.group)
 
 
 def glob(runner: Runner, sandbox_id: str, body: models.GlobRequest) -> models.GlobResponse:
-    return models.GlobResponse(items=runner.glob(sandbox_id, body.path, body.pattern,
-                                                 list(body.exclude)))
+    return models.GlobResponse(items=runner.files.glob(sandbox_id, body.path, body.pattern,
+                                                       list(body.exclude)))
 
 
 def grep(runner: Runner, sandbox_id: str, body: models.GrepRequest) -> models.GrepResponse:
     if not body.pattern:
         raise invalid("pattern", "must be a non-empty regular expression")
-    items = runner.grep(sandbox_id, body.path, body.pattern, include=body.include,
-                        exclude=list(body.exclude))
+    items = runner.files.grep(sandbox_id, body.path, body.pattern, include=body.include,
+                              exclude=list(body.exclude))
     return models.GrepResponse.model_validate({"items": items})
 
 
 def tree(runner: Runner, sandbox_id: str, body: models.TreeRequest) -> models.TreeResponse:
     depth = spec.MAX_TREE_DEPTH if body.max_depth is None else body.max_depth
-    items = runner.tree(sandbox_id, body.path, max_depth=depth, exclude=list(body.exclude))
+    items = runner.files.tree(sandbox_id, body.path, max_depth=depth,
+                              exclude=list(body.exclude))
     return models.TreeResponse.model_validate({"items": items})
 
 
 def edit_file(runner: Runner, sandbox_id: str,
               body: models.EditFileRequest) -> models.EditFileResponse:
     edits = [(e.find, e.replace or "") for e in body.edits]
-    return models.EditFileResponse.model_validate(runner.edit_file(sandbox_id, body.path, edits))
+    return models.EditFileResponse.model_validate(
+        runner.files.edit_file(sandbox_id, body.path, edits))
 
 
 def edit_files(runner: Runner, sandbox_id: str,
                body: models.EditFilesRequest) -> models.EditFilesResponse:
-    items = runner.edit_files(sandbox_id, body.files, body.find, body.replace or "")
+    items = runner.files.edit_files(sandbox_id, body.files, body.find, body.replace or "")
     return models.EditFilesResponse.model_validate({"items": items})
 
 
 def move(runner: Runner, sandbox_id: str, body: models.MoveRequest) -> None:
-    runner.move(sandbox_id, body.src_path, body.dst_path, overwrite=body.overwrite)
+    runner.files.move(sandbox_id, body.src_path, body.dst_path, overwrite=body.overwrite)
 
 
 def copy(runner: Runner, sandbox_id: str, body: models.CopyRequest) -> None:
-    runner.copy(sandbox_id, body.src_path, body.dst_path, recursive=body.recursive,
-                overwrite=body.overwrite)
+    runner.files.copy(sandbox_id, body.src_path, body.dst_path, recursive=body.recursive,
+                      overwrite=body.overwrite)
 
 
 # --- System ---------------------------------------------------------------------------------
@@ -473,7 +475,7 @@ def copy(runner: Runner, sandbox_id: str, body: models.CopyRequest) -> None:
 
 def identity(runner: Runner, sandbox_id: str) -> SandboxIdentity:
     """The template's user, home and working directory, as the runner recorded them."""
-    return runner.identity_of(sandbox_id)
+    return runner.identities.of(sandbox_id)
 
 
 # --- Terminals (PTY) and ingress ------------------------------------------------------------
@@ -488,39 +490,40 @@ def pty_info(terminal: Terminal) -> pty_models.PtySessionInfo:
 
 def pty_create(runner: Runner, sandbox_id: str,
                body: pty_models.PtyCreateRequest) -> pty_models.PtySessionInfo:
-    return pty_info(runner.pty_create(sandbox_id, body.id, cwd=body.cwd, envs=body.envs,
-                                      cols=body.cols, rows=body.rows,
-                                      lazy_start=body.lazy_start))
+    return pty_info(runner.terminals.create(sandbox_id, body.id, cwd=body.cwd, envs=body.envs,
+                                            cols=body.cols, rows=body.rows,
+                                            lazy_start=body.lazy_start))
 
 
 def pty_list(runner: Runner, sandbox_id: str) -> pty_models.PtyListResponse:
-    return pty_models.PtyListResponse(items=[pty_info(t) for t in runner.pty_list(sandbox_id)])
+    items = runner.terminals.list(sandbox_id)
+    return pty_models.PtyListResponse(items=[pty_info(t) for t in items])
 
 
 def pty_get(runner: Runner, sandbox_id: str, session_id: str) -> pty_models.PtySessionInfo:
     with translate_errors():
-        return pty_info(runner.pty_get(sandbox_id, session_id))
+        return pty_info(runner.terminals.get(sandbox_id, session_id))
 
 
 def pty_resize(runner: Runner, sandbox_id: str, session_id: str,
                body: pty_models.PtyResizeRequest) -> pty_models.PtySessionInfo:
-    return pty_info(runner.pty_resize(sandbox_id, session_id, body.cols, body.rows))
+    return pty_info(runner.terminals.resize(sandbox_id, session_id, body.cols, body.rows))
 
 
 def pty_delete(runner: Runner, sandbox_id: str, session_id: str) -> None:
-    runner.pty_delete(sandbox_id, session_id)
+    runner.terminals.delete(sandbox_id, session_id)
 
 
 def pty_attach(runner: Runner, sandbox_id: str, session_id: str) -> tuple[int, int]:
     """The session's shell started (a lazy one's first connection), and its pipes: the
     caller's own copies (input, output), non-blocking, for the caller to close."""
-    return runner.pty_attach(sandbox_id, session_id).open_pipes()
+    return runner.terminals.attach(sandbox_id, session_id).open_pipes()
 
 
 def connect_port(runner: Runner, sandbox_id: str, port: int) -> socket.socket:
     """A connection to ``port`` on the sandbox's own loopback (a preview request's)."""
     try:
-        return runner.connect_port(sandbox_id, port, timeout=spec.PREVIEW_CONNECT_TIMEOUT_S)
+        return runner.ingress.connect(sandbox_id, port, timeout=spec.PREVIEW_CONNECT_TIMEOUT_S)
     except TimeoutError:
         raise ApiError(504, f"port {port} in the sandbox did not accept in time") from None
     except OSError:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pulumi_leap0.runner.errors import RunnerError
+from pulumi_leap0.runner.types import SandboxStats
 
 log = logging.getLogger("leap0.runner")
 
@@ -266,6 +267,12 @@ class Cgroups:
             time.sleep(0.002)
         return True
 
+    def freeze_or_thaw(self, rel: str) -> None:
+        """Freeze ``rel``; one that does not freeze in time is thawed again, and it raises."""
+        if not self.freeze(rel):
+            self.thaw(rel)
+            raise RunnerError("the sandbox did not freeze in time")
+
     def thaw(self, rel: str) -> None:
         if self.version == 2:
             _write(self.roots["unified"] / rel / "cgroup.freeze", "0")
@@ -363,6 +370,13 @@ class Cgroups:
                 time.sleep(0.002)
 
     # --- Accounting ---------------------------------------------------------------------
+
+    def stats(self, rel: str) -> SandboxStats:
+        """What ``rel`` used so far; zeros for a cgroup that does not exist (``NoCgroups``)."""
+        if not self.exists(rel):
+            return SandboxStats(0, 0, 0)
+        return SandboxStats(cpu_usage_ns=self.cpu_usage_ns(rel),
+                            memory_bytes=self.memory_bytes(rel), pids=self.pids_current(rel))
 
     def cpu_usage_ns(self, rel: str) -> int:
         with contextlib.suppress(OSError, ValueError):

@@ -24,13 +24,15 @@ This module is the lifecycle; each step it takes lives in a module of its own.
 
 On any failure everything the call made is removed before ``RunnerError`` is raised.
 
-A running sandbox is its init: ``exec`` (``exec.py``) enters its namespaces, and the file
-calls go to its file helper (``filecalls.py``), a process of the sandbox's own; ``freeze``
-and ``thaw`` are the cgroup freezer. ``stop`` kills every process (the file helper first)
-but keeps the writable layer for the next ``start``; ``destroy`` removes every
-trace (both ``_teardown``). After a backend restart ``recover`` keeps the known sandboxes
-and destroys the orphans, and ``reconcile_mounts`` and ``reconcile_network`` start again
-the host-side helpers (rclone, the egress filter) that died meanwhile.
+A running sandbox is its init: ``exec`` (``exec.py``) enters its namespaces; ``freeze`` and
+``thaw`` are the cgroup freezer. What else is done to it is an object beside the lifecycle,
+by sandbox id: ``files`` (``sandboxfiles.py``: its file helper, a process of its own),
+``terminals``, ``git``, ``snapshots``, ``ingress`` and ``identities``. ``stop`` kills every
+process (file helper and terminals first) but keeps the writable layer for the next
+``start``; ``destroy`` removes every trace (both ``_teardown``). After a backend restart
+``recover`` keeps the known sandboxes and destroys the orphans, and ``reconcile_mounts`` and
+``reconcile_network`` start again the host-side helpers (rclone, the egress filter) that
+died meanwhile.
 
 Inside, the sandbox user is ``template.uid`` in its own user namespace, mapped to a host
 uid of the sandbox's own (``identity.UidPool``: claimed at its first start, released by
@@ -46,13 +48,11 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner import (
@@ -74,22 +74,17 @@ from pulumi_leap0.runner import (
 )
 from pulumi_leap0.runner.capabilities import Capabilities, probe
 from pulumi_leap0.runner.cgroups import Limits
-from pulumi_leap0.runner.errors import (
-    RunnerError,
-    SandboxNotFoundError,
-    SandboxNotRunningError,
-)
+from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.exec import DEFAULT_EXEC_TIMEOUT_S, run_command
-from pulumi_leap0.runner.git import GitCredentials, GitRun, run_git
+from pulumi_leap0.runner.git import SandboxGit
 from pulumi_leap0.runner.images import ImageStore
+from pulumi_leap0.runner.sandboxfiles import SandboxFiles
 from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, check_id
 from pulumi_leap0.runner.templates import Template, TemplateRegistry
 from pulumi_leap0.runner.types import (
     ExecResult,
-    FileInfo,
     MountConfig,
     SandboxConfig,
-    SandboxIdentity,
     SandboxStats,
     check_env,
 )
@@ -142,7 +137,14 @@ class Runner:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._caps: Capabilities | None = None
         self._files = filecalls.FileHelpers(self._cgroups, self._cg)
-        self._terminals = terminals.Terminals(self._cgroups, self._cg)
+        # The calls on a running sandbox besides the lifecycle, by its id, one module each.
+        records, cg = self._records, self._cg
+        self.files = SandboxFiles(records, self._files)
+        self.terminals = self._terminals = terminals.Terminals(records, self._cgroups, cg)
+        self.git = SandboxGit(records, self._cgroups, cg)
+        self.snapshots = snapshots.Snapshots(records, self._cgroups, cg, self._id_lock)
+        self.ingress = ingress.Ingress(records)
+        self.identities = identity.Identities(records, self.templates)
 
     # --- Where things are -----------------------------------------------------------------
 
@@ -182,30 +184,12 @@ class Runner:
         return self._template(template_name).disk_mib
 
     def is_alive(self, sandbox_id: str) -> bool:
-        if not SANDBOX_ID.match(sandbox_id):
-            return False
-        box = self._records.get(sandbox_id)
+        box = self._records.get(sandbox_id) if SANDBOX_ID.match(sandbox_id) else None
         return box is not None and box.running
-
-    def _require(self, sandbox_id: str) -> SandboxState:
-        check_id(sandbox_id)
-        box = self._records.get(sandbox_id)
-        if box is None:
-            raise SandboxNotFoundError("no such sandbox")
-        if not box.running:
-            raise SandboxNotRunningError("the sandbox is not running")
-        return box
 
     def stats(self, sandbox_id: str) -> SandboxStats:
         check_id(sandbox_id)
-        rel = self._cg(sandbox_id)
-        if not self._cgroups.exists(rel):
-            return SandboxStats(0, 0, 0)
-        return SandboxStats(
-            cpu_usage_ns=self._cgroups.cpu_usage_ns(rel),
-            memory_bytes=self._cgroups.memory_bytes(rel),
-            pids=self._cgroups.pids_current(rel),
-        )
+        return self._cgroups.stats(self._cg(sandbox_id))
 
     def list_sandboxes(self) -> list[str]:
         """Ids with host-side state (running or stopped)."""
@@ -345,72 +329,23 @@ class Runner:
         forked, is killed (see ``ExecResult``). Background processes that outlive a
         command that exited normally keep running (a started server stays up).
         """
-        box = self._require(sandbox_id)
+        box = self._records.running(sandbox_id)
         return run_command(self._cgroups, self._cg(box.id), box, command, cwd=cwd, env=env,
                            timeout=timeout)
 
-    def git(self, sandbox_id: str, args: Sequence[str], *, env: Mapping[str, str],
-            timeout: float, max_output: int,
-            credentials: GitCredentials | None = None) -> GitRun:
-        """Run ``git args...`` in the sandbox as its user, an exec like any other (its
-        network policy applies); ``credentials`` reach git on a pipe (``git.py``)."""
-        box = self._require(sandbox_id)
-        return run_git(self._cgroups, self._cg(box.id), box, args, env=env, timeout=timeout,
-                       max_output=max_output, credentials=credentials)
-
     def freeze(self, sandbox_id: str) -> None:
-        box = self._require(sandbox_id)
+        box = self._records.running(sandbox_id)
         with self._id_lock(box.id):
-            if not self._cgroups.freeze(self._cg(box.id)):
-                self._cgroups.thaw(self._cg(box.id))
-                raise RunnerError("the sandbox did not freeze in time")
+            self._cgroups.freeze_or_thaw(self._cg(box.id))
 
     def thaw(self, sandbox_id: str) -> None:
-        box = self._require(sandbox_id)
+        box = self._records.running(sandbox_id)
         with self._id_lock(box.id):
             self._cgroups.thaw(self._cg(box.id))
 
     def is_frozen(self, sandbox_id: str) -> bool:
         check_id(sandbox_id)
         return self._cgroups.is_frozen(self._cg(sandbox_id))
-
-    # --- Snapshots ------------------------------------------------------------------------
-
-    def snapshot(self, sandbox_id: str, dest: Path, *, keep_frozen: bool = False,
-                 timeout: float = spec.SNAPSHOT_TIMEOUT_S) -> int:
-        """The sandbox's writable layer as an archive at ``dest`` (``snapshots.capture``),
-        taken frozen so that it is one moment's files; returns the archive's size.
-
-        A paused sandbox stays paused; a running one is thawed after, unless
-        ``keep_frozen`` and the snapshot was made (it is about to be destroyed). The one
-        place that knows where the writable files are: ``seed`` (``SandboxConfig.seed``)
-        is its other half.
-        """
-        box = self._require(sandbox_id)
-        rel = self._cg(box.id)
-        with self._id_lock(box.id):
-            was_frozen = self._cgroups.is_frozen(rel)
-            if not was_frozen and not self._cgroups.freeze(rel):
-                self._cgroups.thaw(rel)
-                raise RunnerError("the sandbox did not freeze in time")
-            try:
-                writable = self._records.runtime(box.id) / "layer"
-                limit = self._disk_bytes(writable) + snapshots.HEADER_ALLOWANCE_BYTES
-                size = snapshots.capture(writable, dest, limit=limit, timeout=timeout)
-            except BaseException:
-                if not was_frozen:  # a failed snapshot leaves the sandbox as it found it
-                    self._cgroups.thaw(rel)
-                raise
-            if not (was_frozen or keep_frozen):
-                self._cgroups.thaw(rel)
-            return size
-
-    @staticmethod
-    def _disk_bytes(writable: Path) -> int:
-        """The layer's size limit (its tmpfs's size); a plain directory, without root,
-        has none but the file system it is on."""
-        fs = os.statvfs(writable)
-        return fs.f_blocks * fs.f_frsize
 
     # --- Teardown -------------------------------------------------------------------------
 
@@ -515,25 +450,15 @@ class Runner:
                 alive.add(sandbox_id)
             elif sandbox_id in found:
                 self.stop(sandbox_id)
-        self._release_lost_uids()
+        if self._uids is not None:
+            self._uids.release_lost(self._records)
         return alive
-
-    def _release_lost_uids(self) -> None:
-        """Uids of this runner's sandboxes that died between removing their directories and
-        releasing their uid (a crash of the backend in ``destroy``)."""
-        if self._uids is None:
-            return
-        for owner in set(self._uids.owners().values()):
-            path = Path(owner)
-            if path.parent == self.root_dir and SANDBOX_ID.match(path.name) and not (
-                    path.exists() or self._records.runtime(path.name).exists()):
-                self._uids.release(owner)
 
     def reconcile_network(self, sandbox_id: str, policy: spec.NetworkPolicy | None) -> bool:
         """After a restart or a thaw: start the egress filter of a custom-policy sandbox
         again if it died (``policy`` is the sandbox's, header values included). Returns
         whether it had to; a paused sandbox's is left for its thaw."""
-        box = self._require(sandbox_id)
+        box = self._records.running(sandbox_id)
         if not self._netns:
             return False
         if self._cgroups.is_frozen(self._cg(box.id)):
@@ -552,12 +477,12 @@ class Runner:
     # --- Mounts ---------------------------------------------------------------------------
 
     def mount(self, sandbox_id: str, mount: MountConfig) -> None:
-        box = self._require(sandbox_id)
+        box = self._records.running(sandbox_id)
         with self._id_lock(box.id):
             mounts.attach(self._mount_handle(box), mount)
 
     def unmount(self, sandbox_id: str, mount_id: str) -> None:
-        box = self._require(sandbox_id)
+        box = self._records.running(sandbox_id)
         with self._id_lock(box.id):
             mounts.detach(self._mount_handle(box), mount_id)
 
@@ -565,7 +490,7 @@ class Runner:
         """After a restart, serve exactly ``configs``: mounts not among them, or whose rclone
         died meanwhile, are detached, and the missing ones attached again. Returns the ids
         attached again."""
-        box = self._require(sandbox_id)
+        box = self._records.running(sandbox_id)
         with self._id_lock(box.id):
             handle = self._mount_handle(box)
             missing = mounts.reconcile(handle, [config.id for config in configs])
@@ -573,130 +498,3 @@ class Runner:
                 if config.id in missing:
                     mounts.attach(handle, config)
             return missing
-
-    # --- Files ----------------------------------------------------------------------------
-
-    def list_dir(self, sandbox_id: str, path: str, *, recursive: bool = False,
-                 exclude: Sequence[str] = ()) -> list[FileInfo]:
-        return self._files.list_dir(self._require(sandbox_id), path, recursive=recursive,
-                                    exclude=exclude)
-
-    def stat(self, sandbox_id: str, path: str) -> FileInfo:
-        return self._files.stat(self._require(sandbox_id), path)
-
-    def exists(self, sandbox_id: str, path: str) -> bool:
-        return self._files.exists(self._require(sandbox_id), path)
-
-    def mkdir(self, sandbox_id: str, path: str, *, recursive: bool = False,
-              mode: int = 0o755) -> None:
-        self._files.mkdir(self._require(sandbox_id), path, recursive=recursive, mode=mode)
-
-    def write_file(self, sandbox_id: str, path: str, content: bytes | Iterable[bytes], *,
-                   mode: int | None = None) -> None:
-        self._files.write_file(self._require(sandbox_id), path, content, mode=mode)
-
-    def open_file(self, sandbox_id: str, path: str, *, offset: int = 0,
-                  limit: int | None = None, head: int | None = None,
-                  tail: int | None = None) -> filecalls.FileReader:
-        return self._files.open_file(self._require(sandbox_id), path, offset=offset,
-                                     limit=limit, head=head, tail=tail)
-
-    def read_file(self, sandbox_id: str, path: str) -> bytes:
-        return b"".join(self.open_file(sandbox_id, path))
-
-    def delete(self, sandbox_id: str, path: str, *, recursive: bool = False) -> None:
-        self._files.delete(self._require(sandbox_id), path, recursive=recursive)
-
-    def set_permissions(self, sandbox_id: str, path: str, *, mode: int | None = None,
-                        owner: str | None = None, group: str | None = None) -> None:
-        self._files.set_permissions(self._require(sandbox_id), path, mode=mode, owner=owner,
-                                    group=group)
-
-    def glob(self, sandbox_id: str, path: str, pattern: str | None,
-             exclude: Sequence[str] = ()) -> list[str]:
-        return self._files.glob(self._require(sandbox_id), path, pattern, exclude)
-
-    def grep(self, sandbox_id: str, path: str, pattern: str, *, include: str | None = None,
-             exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
-        return self._files.grep(self._require(sandbox_id), path, pattern, include=include,
-                                exclude=exclude)
-
-    def tree(self, sandbox_id: str, path: str, *, max_depth: int,
-             exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
-        return self._files.tree(self._require(sandbox_id), path, max_depth=max_depth,
-                                exclude=exclude)
-
-    def edit_file(self, sandbox_id: str, path: str,
-                  edits: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        return self._files.edit_file(self._require(sandbox_id), path, edits)
-
-    def edit_files(self, sandbox_id: str, paths: Sequence[str], find: str,
-                   replace: str) -> list[dict[str, Any]]:
-        return self._files.edit_files(self._require(sandbox_id), paths, find, replace)
-
-    def move(self, sandbox_id: str, src: str, dst: str, *, overwrite: bool = False) -> None:
-        self._files.move(self._require(sandbox_id), src, dst, overwrite=overwrite)
-
-    def copy(self, sandbox_id: str, src: str, dst: str, *, recursive: bool = False,
-             overwrite: bool = False) -> None:
-        self._files.copy(self._require(sandbox_id), src, dst, recursive=recursive,
-                         overwrite=overwrite)
-
-    def write_files(self, sandbox_id: str, items: Sequence[tuple[str, bytes]]) -> None:
-        self._files.write_files(self._require(sandbox_id), items)
-
-    def open_files(self, sandbox_id: str, paths: Sequence[str]) -> filecalls.FilesReader:
-        return self._files.open_files(self._require(sandbox_id), paths)
-
-    # --- Identity -------------------------------------------------------------------------
-
-    def identity_of(self, sandbox_id: str) -> SandboxIdentity:
-        """The user a sandbox's processes run as, its home and the working directory of its
-        commands, as its template set them (the one place that reads them)."""
-        check_id(sandbox_id)
-        box = self._records.get(sandbox_id)
-        if box is None:
-            raise SandboxNotFoundError("no such sandbox")
-        try:
-            home = self._template(box.template).home
-        except RunnerError:
-            home = f"/home/{box.user}"  # a template gone since the sandbox started
-        return SandboxIdentity(user=box.user, uid=box.uid, home=home, workdir=box.workdir)
-    # --- Terminals and ingress ------------------------------------------------------------
-
-    def pty_create(self, sandbox_id: str, session_id: str | None, *, cwd: str | None,
-                   envs: Mapping[str, str], cols: int, rows: int,
-                   lazy_start: bool) -> terminals.Terminal:
-        """A PTY session: a shell on a pseudo-terminal of the sandbox (``terminals.py``),
-        started now or, ``lazy_start``, at its first ``pty_attach``."""
-        return self._terminals.create(self._require(sandbox_id), session_id, cwd=cwd,
-                                      envs=envs, cols=cols, rows=rows, lazy_start=lazy_start)
-
-    def pty_list(self, sandbox_id: str) -> list[terminals.Terminal]:
-        check_id(sandbox_id)
-        return self._terminals.list(sandbox_id)
-
-    def pty_get(self, sandbox_id: str, session_id: str) -> terminals.Terminal:
-        check_id(sandbox_id)
-        return self._terminals.get(sandbox_id, session_id)
-
-    def pty_attach(self, sandbox_id: str, session_id: str) -> terminals.Terminal:
-        """The session, its shell started if it was lazy."""
-        box = self._require(sandbox_id)
-        terminal = self._terminals.get(sandbox_id, session_id)
-        self._terminals.start(box, terminal)
-        return terminal
-
-    def pty_resize(self, sandbox_id: str, session_id: str, cols: int,
-                   rows: int) -> terminals.Terminal:
-        check_id(sandbox_id)
-        return self._terminals.resize(sandbox_id, session_id, cols, rows)
-
-    def pty_delete(self, sandbox_id: str, session_id: str) -> None:
-        check_id(sandbox_id)
-        self._terminals.delete(sandbox_id, session_id)
-
-    def connect_port(self, sandbox_id: str, port: int, *, timeout: float) -> socket.socket:
-        """A connection to ``port`` on the sandbox's loopback, whatever its network policy
-        (``ingress.py``)."""
-        return ingress.connect(self._require(sandbox_id), port, timeout)

@@ -1,6 +1,6 @@
 """A sandbox's file helper: the process that serves its file calls, as one of its own.
 
-Started by the runner (``filecalls.py``) as root on the host, with its control socket as
+Started by the runner (``filehelper.py``) as root on the host, with its control socket as
 stdin, it waits, imports done, to be told which sandbox it serves. Then, in this order:
 
 1. it opens the sandbox init's root (``/proc/<init>/root``) and user namespace, and checks
@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pulumi_leap0.runner import fileops, files, filesearch, frames, sysutil
+from pulumi_leap0.runner import fileops, files, filesearch, frames, readwindow, sysutil
 
 #: Workers waiting for a call, and workers in all (more calls at once queue for the next).
 MIN_IDLE, MAX_WORKERS = 1, 16
@@ -278,7 +278,7 @@ def _delete(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any
 def _read(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]) -> None:
     fd, st = files.open_regular(root, r["path"])
     try:
-        chunks = files.read_window(fd, st.st_size, offset=int(r["offset"]), limit=r["limit"],
+        chunks = readwindow.read_window(fd, st.st_size, offset=int(r["offset"]), limit=r["limit"],
                                    head=r["head"], tail=r["tail"],
                                    max_bytes=int(r["max_bytes"]))
         # Refusals (too large) come before the answer starts; a file of one chunk goes out
@@ -452,7 +452,7 @@ def _read_files(sock: socket.socket, root: int, names: files.Names,
         left = max_bytes
         for index, fd in enumerate(opened):
             with files.blame(f"paths[{index}]"):
-                chunks = files.read_window(fd, os.fstat(fd).st_size, offset=0, limit=None,
+                chunks = readwindow.read_window(fd, os.fstat(fd).st_size, offset=0, limit=None,
                                            head=None, tail=None, max_bytes=left)
                 for chunk in chunks:
                     left -= len(chunk)

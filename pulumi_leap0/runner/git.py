@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pulumi_leap0.runner.cgroups import Cgroups
 from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.exec import run_command
-from pulumi_leap0.runner.state import SandboxState
+from pulumi_leap0.runner.state import Records, SandboxState
 
 GIT = "/usr/bin/git"
 #: Transports a call may use: no ``ext::`` (runs a command) and nothing git adds later.
@@ -135,3 +135,21 @@ def run_git(cgroups: Cgroups, sandbox_cgroup: str, box: SandboxState, args: Sequ
         output = encoded[:max_output].decode(errors="ignore")
     return GitRun(exit_code=result.exit_code, output=output, timed_out=result.timed_out,
                   cut=cut)
+
+
+class SandboxGit:
+    """Git in this runner's running sandboxes (``Runner.git``). ``cgroup_of`` names a
+    sandbox's cgroup, below which each run gets its own, as an exec does."""
+
+    def __init__(self, records: Records, cgroups: Cgroups,
+                 cgroup_of: Callable[[str], str]) -> None:
+        self._records, self._cgroups, self._cgroup_of = records, cgroups, cgroup_of
+
+    def run(self, sandbox_id: str, args: Sequence[str], *, env: Mapping[str, str],
+            timeout: float, max_output: int,
+            credentials: GitCredentials | None = None) -> GitRun:
+        """``git args...`` in the sandbox as its user, an exec like any other (its network
+        policy applies); ``credentials`` reach git on a pipe."""
+        box = self._records.running(sandbox_id)
+        return run_git(self._cgroups, self._cgroup_of(box.id), box, args, env=env,
+                       timeout=timeout, max_output=max_output, credentials=credentials)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pulumi_leap0.runner.errors import RunnerError
-from pulumi_leap0.runner.templates import Template
+from pulumi_leap0.runner.state import SANDBOX_ID, Records
+from pulumi_leap0.runner.templates import Template, TemplateRegistry
+from pulumi_leap0.runner.types import SandboxIdentity
 
 SANDBOX_HOST_UID_BASE = 2_000_000_000
 #: Per-sandbox host uids: far above the host's users and subordinate ranges, and above
@@ -105,6 +107,15 @@ class UidPool:
     def owners(self) -> dict[int, str]:
         with self._locked():
             return dict(self._claims())
+
+    def release_lost(self, records: Records) -> None:
+        """Uids of ``records``' sandboxes that died between removing their directories and
+        releasing their uid (a crash of the backend in ``destroy``)."""
+        for owner in set(self.owners().values()):
+            path = Path(owner)
+            if path.parent == records.root_dir and SANDBOX_ID.match(path.name) and not (
+                    path.exists() or records.runtime(path.name).exists()):
+                self.release(owner)
 
     # --- Under the lock ---------------------------------------------------------------------
 
@@ -223,3 +234,19 @@ def write_etc(runtime_dir: Path, sandbox_id: str, template: Template) -> Path:
     for f in etc.iterdir():
         os.chmod(f, 0o644)
     return etc
+
+
+class Identities:
+    """Who a sandbox's processes are (``Runner.identities``): the user, its home and the
+    working directory of its commands, as its template set them (the one place that reads
+    them, for the ``system/`` calls)."""
+
+    def __init__(self, records: Records, templates: TemplateRegistry) -> None:
+        self._records, self._templates = records, templates
+
+    def of(self, sandbox_id: str) -> SandboxIdentity:
+        box = self._records.known(sandbox_id)
+        template = self._templates.get(box.template)
+        # A template gone since the sandbox started: the default home of its user.
+        home = template.home if template is not None else f"/home/{box.user}"
+        return SandboxIdentity(user=box.user, uid=box.uid, home=home, workdir=box.workdir)

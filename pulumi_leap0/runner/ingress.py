@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pulumi_leap0.runner import sysutil
 from pulumi_leap0.runner.errors import SandboxNotRunningError
-from pulumi_leap0.runner.state import SandboxState
+from pulumi_leap0.runner.state import Records, SandboxState
 
 LOOPBACK = "127.0.0.1"
 _maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leap0-ingress")
@@ -59,3 +59,14 @@ def connect(box: SandboxState, port: int, timeout: float) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class Ingress:
+    """Connections into this runner's running sandboxes (``Runner.ingress``)."""
+
+    def __init__(self, records: Records) -> None:
+        self._records = records
+
+    def connect(self, sandbox_id: str, port: int, *, timeout: float) -> socket.socket:
+        """A connection to ``port`` on the sandbox's loopback, whatever its network policy."""
+        return connect(self._records.running(sandbox_id), port, timeout)

@@ -9,7 +9,7 @@ whiteout); the unpacker drops devices, so such a file is back after a restore.
 The layer is the tenant's, and the tenant is hostile, so both directions are built so that
 nothing in it can make the host act outside it:
 
-* ``capture`` runs GNU ``tar --create`` as root over the frozen layer (``Runner.snapshot``
+* ``capture`` runs GNU ``tar --create`` as root over the frozen layer (``Snapshots.take``
   freezes the sandbox first, so nothing changes under it). Why tar: it is the well-kept
   tool for exactly this, and its defaults are the safe ones here: without ``-h`` it
   archives a symbolic link as a link and never follows it (a link to ``/etc/shadow`` or to
@@ -42,13 +42,17 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pulumi_leap0 import spec
 from pulumi_leap0.runner import seccomp, sysutil
+from pulumi_leap0.runner.cgroups import Cgroups
 from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.identity import HostIdentity
+from pulumi_leap0.runner.state import Records
 
 #: The layer's parts a snapshot holds (``layer.PARTS`` less ``shm``).
 CAPTURED_PARTS = ("home", "tmp", "vartmp")
@@ -69,6 +73,51 @@ _EXIT_NO_SPACE, _EXIT_DAMAGED = 3, 2
 
 class SeedTooLarge(RunnerError):
     """The snapshot's files do not fit in the new sandbox's disk."""
+
+
+class Snapshots:
+    """Snapshots of this runner's running sandboxes (``Runner.snapshots``). ``cgroup_of``
+    names a sandbox's cgroup, ``lock_of`` its lifecycle lock (held while it is frozen)."""
+
+    def __init__(self, records: Records, cgroups: Cgroups, cgroup_of: Callable[[str], str],
+                 lock_of: Callable[[str], threading.Lock]) -> None:
+        self._records, self._cgroups = records, cgroups
+        self._cgroup_of, self._lock_of = cgroup_of, lock_of
+
+    def take(self, sandbox_id: str, dest: Path, *, keep_frozen: bool = False,
+             timeout: float = spec.SNAPSHOT_TIMEOUT_S) -> int:
+        """The sandbox's writable layer as an archive at ``dest`` (``capture``), taken
+        frozen so that it is one moment's files; returns the archive's size.
+
+        A paused sandbox stays paused; a running one is thawed after, unless
+        ``keep_frozen`` and the snapshot was made (it is about to be destroyed). The one
+        place that knows where the writable files are: ``seed`` (``SandboxConfig.seed``)
+        is its other half.
+        """
+        box = self._records.running(sandbox_id)
+        rel = self._cgroup_of(box.id)
+        with self._lock_of(box.id):
+            was_frozen = self._cgroups.is_frozen(rel)
+            if not was_frozen:
+                self._cgroups.freeze_or_thaw(rel)
+            try:
+                writable = self._records.runtime(box.id) / "layer"
+                limit = disk_bytes(writable) + HEADER_ALLOWANCE_BYTES
+                size = capture(writable, dest, limit=limit, timeout=timeout)
+            except BaseException:
+                if not was_frozen:  # a failed snapshot leaves the sandbox as it found it
+                    self._cgroups.thaw(rel)
+                raise
+            if not (was_frozen or keep_frozen):
+                self._cgroups.thaw(rel)
+            return size
+
+
+def disk_bytes(writable: Path) -> int:
+    """The layer's size limit (its tmpfs's size); a plain directory, without root, has
+    none but the file system it is on."""
+    fs = os.statvfs(writable)
+    return fs.f_blocks * fs.f_frsize
 
 
 def capture(layer: Path, dest: Path, *, limit: int, timeout: float) -> int:

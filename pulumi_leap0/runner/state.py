@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pulumi_leap0.runner import sysutil
-from pulumi_leap0.runner.errors import RunnerError
+from pulumi_leap0.runner.errors import RunnerError, SandboxNotFoundError, SandboxNotRunningError
 
 # The id becomes a path, a cgroup name, a netns name and the hostname (<= 64).
 SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -90,6 +90,21 @@ class Records:
             return None
         with self._lock:
             self._cache[sandbox_id] = box
+        return box
+
+    def known(self, sandbox_id: str) -> SandboxState:
+        """The sandbox's record, running or stopped; ``SandboxNotFoundError`` if it has none."""
+        check_id(sandbox_id)
+        box = self.get(sandbox_id)
+        if box is None:
+            raise SandboxNotFoundError("no such sandbox")
+        return box
+
+    def running(self, sandbox_id: str) -> SandboxState:
+        """The record of a running sandbox, the one every call into a sandbox starts from."""
+        box = self.known(sandbox_id)
+        if not box.running:
+            raise SandboxNotRunningError("the sandbox is not running")
         return box
 
     def put(self, box: SandboxState) -> None:

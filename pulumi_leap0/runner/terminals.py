@@ -40,7 +40,7 @@ from pulumi_leap0.runner.errors import (
 )
 from pulumi_leap0.runner.exec import exec_argv, exec_script, kill_call
 from pulumi_leap0.runner.ptyrelay import DATA, HEADER, RESIZE, SIZE
-from pulumi_leap0.runner.state import SandboxState
+from pulumi_leap0.runner.state import Records, SandboxState, check_id
 from pulumi_leap0.runner.types import check_env
 
 CGROUP_PREFIX = "t-"
@@ -107,16 +107,21 @@ def resize_frame(cols: int, rows: int) -> bytes:
 
 
 class Terminals:
-    """Every sandbox's sessions on this runner."""
+    """Every sandbox's sessions on this runner (``Runner.terminals``), by sandbox id."""
 
-    def __init__(self, cgroups: Cgroups, cgroup_of: Callable[[str], str]) -> None:
+    def __init__(self, records: Records, cgroups: Cgroups,
+                 cgroup_of: Callable[[str], str]) -> None:
+        self._records = records
         self._cgroups = cgroups
         self._cgroup_of = cgroup_of
         self._lock = threading.Lock()
         self._sessions: dict[str, dict[str, Terminal]] = {}
 
-    def create(self, box: SandboxState, session_id: str | None, *, cwd: str | None,
+    def create(self, sandbox_id: str, session_id: str | None, *, cwd: str | None,
                envs: Mapping[str, str], cols: int, rows: int, lazy_start: bool) -> Terminal:
+        """A shell on a pseudo-terminal of the sandbox, started now or, ``lazy_start``, at
+        its first ``attach``."""
+        box = self._records.running(sandbox_id)
         check_env(envs)
         sandbox_cgroup = self._cgroup_of(box.id)
         if self._cgroups.is_frozen(sandbox_cgroup):
@@ -139,13 +144,20 @@ class Terminals:
             sessions[terminal.id] = terminal  # holds the place while the shell starts
         if not lazy_start:
             try:
-                self.start(box, terminal)
+                self._start(box, terminal)
             except BaseException:
                 self._forget(terminal)
                 raise
         return terminal
 
-    def start(self, box: SandboxState, terminal: Terminal) -> None:
+    def attach(self, sandbox_id: str, session_id: str) -> Terminal:
+        """The session, its shell started if it was lazy."""
+        box = self._records.running(sandbox_id)
+        terminal = self.get(sandbox_id, session_id)
+        self._start(box, terminal)
+        return terminal
+
+    def _start(self, box: SandboxState, terminal: Terminal) -> None:
         """Start the session's shell, unless it runs already (a lazy one's first connect)."""
         with terminal.lock:
             if terminal.process is not None:
@@ -153,6 +165,7 @@ class Terminals:
             terminal.process = _spawn(self._cgroups, box, terminal)
 
     def get(self, sandbox_id: str, session_id: str) -> Terminal:
+        check_id(sandbox_id)
         with self._lock:
             terminal = self._sessions.get(sandbox_id, {}).get(session_id)
         if terminal is None:
@@ -160,6 +173,7 @@ class Terminals:
         return terminal
 
     def list(self, sandbox_id: str) -> list[Terminal]:
+        check_id(sandbox_id)
         with self._lock:
             return sorted(self._sessions.get(sandbox_id, {}).values(),
                           key=lambda t: (t.created_at, t.id))

@@ -120,7 +120,7 @@ def test_allowed_domain_is_reached_by_name_over_http_and_https(
     assert curl(runner, box, "http://allowed.leap0.test/") == (
         0, f"{allowed} allowed.leap0.test")
     # An opaque tunnel: the sandbox sees the host's own certificate, from the test CA.
-    runner.write_file(box, "/tmp/test-ca.pem", hosts.ca_file.read_bytes())
+    runner.files.write_file(box, "/tmp/test-ca.pem", hosts.ca_file.read_bytes())
     assert curl(runner, box, "--cacert /tmp/test-ca.pem https://allowed.leap0.test/") == (
         0, f"{allowed} allowed.leap0.test")
 
@@ -142,7 +142,7 @@ def test_tunnel_carries_large_bodies_keep_alive_and_half_close(
         print(answer.split(b" ")[1].decode())
     """)
     before = len(hosts.requests())
-    runner.write_file(box, "/tmp/tunnel.py", script.encode())
+    runner.files.write_file(box, "/tmp/tunnel.py", script.encode())
     assert sh(runner, box, "python3 /tmp/tunnel.py") == (
         0, "200 allowed.leap0.test\n200 allowed.leap0.test\n200")
     assert [r["body_bytes"] for r in hosts.requests()[before:]] == [5_000_000, 3, 0]
@@ -237,7 +237,7 @@ def test_stalled_heads_cost_the_filter_little_and_slow_heads_still_pass(
         print(slow.recv(200).split(b"\\r\\n")[0].decode())
         time.sleep(2)
     """)
-    runner.write_file(box, "/tmp/stall.py", script.encode())
+    runner.files.write_file(box, "/tmp/stall.py", script.encode())
     pid = _filter_pid(runner, box)
     before = _cpu_seconds(pid)
     assert sh(runner, box, "python3 /tmp/stall.py") == (0, "HTTP/1.1 200")  # output stripped
@@ -308,7 +308,7 @@ def test_transform_keeps_headers_across_keep_alive_requests_and_bodies(
                       headers={"x-sandbox-token": "t"})
             r = c.getresponse(); print(r.status, r.read().decode().split()[1])
     """)
-    runner.write_file(box, "/tmp/keepalive.py", script.encode())
+    runner.files.write_file(box, "/tmp/keepalive.py", script.encode())
     assert sh(runner, box, "python3 /tmp/keepalive.py") == (
         0, "200 api.transform.leap0.test\n200 api.transform.leap0.test")
     seen = hosts.requests()[before:]
@@ -338,7 +338,7 @@ def test_injected_value_leaves_no_trace_inside_or_on_the_host(
     assert curl(runner, box, "https://api.transform.leap0.test/")[0] == 0
     needle = SECRET.split()[1]
     # The hunt is a script that spells the value backwards, so it is in no cmdline itself.
-    runner.write_file(box, "/tmp/hunt.py", HUNT.format(reversed_needle=needle[::-1]).encode())
+    runner.files.write_file(box, "/tmp/hunt.py", HUNT.format(reversed_needle=needle[::-1]).encode())
     code, out = sh(runner, box, "python3 /tmp/hunt.py")
     assert (code, out) == (0, "searched"), out
     on_host = subprocess.run(["grep", "-rl", needle, str(runner.root_dir),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pulumi_leap0 import spec
-from pulumi_leap0.runner import Runner, files, seccomp, sysutil
+from pulumi_leap0.runner import Runner, files, readwindow, seccomp, sysutil
 from pulumi_leap0.runner.errors import FileCallError
 
 from .conftest import Sandboxes
@@ -19,41 +19,41 @@ from .conftest import Sandboxes
 
 def test_write_read_stat_list_delete(runner: Runner, sandboxes: Sandboxes) -> None:
     a = sandboxes.start()
-    runner.write_file(a, "/home/user/dir/hello.txt", b"hi\n", mode=0o640)
-    assert runner.read_file(a, "dir/hello.txt") == b"hi\n"
+    runner.files.write_file(a, "/home/user/dir/hello.txt", b"hi\n", mode=0o640)
+    assert runner.files.read_file(a, "dir/hello.txt") == b"hi\n"
     assert runner.exec(a, "cat ~/dir/hello.txt; stat -c '%U %a' ~/dir/hello.txt").stdout == \
         "hi\nuser 640\n"
-    info = runner.stat(a, "/home/user/dir/hello.txt")
+    info = runner.files.stat(a, "/home/user/dir/hello.txt")
     assert (info.name, info.size, info.mode, info.owner, info.is_dir) == \
         ("hello.txt", 3, "640", "user", False)
-    runner.mkdir(a, "/home/user/dir/a/b", recursive=True)
+    runner.files.mkdir(a, "/home/user/dir/a/b", recursive=True)
     with pytest.raises(FileExistsError):
-        runner.mkdir(a, "/home/user/dir/a")
-    names = [i.path for i in runner.list_dir(a, "/home/user/dir", recursive=True)]
+        runner.files.mkdir(a, "/home/user/dir/a")
+    names = [i.path for i in runner.files.list_dir(a, "/home/user/dir", recursive=True)]
     assert names == ["/home/user/dir/a", "/home/user/dir/a/b", "/home/user/dir/hello.txt"]
-    assert [i.name for i in runner.list_dir(a, "/home/user/dir", exclude=["*.txt"])] == ["a"]
-    assert runner.exists(a, "/home/user/dir/a/b")
+    assert [i.name for i in runner.files.list_dir(a, "/home/user/dir", exclude=["*.txt"])] == ["a"]
+    assert runner.files.exists(a, "/home/user/dir/a/b")
     with pytest.raises(OSError):
-        runner.delete(a, "/home/user/dir")
-    runner.delete(a, "/home/user/dir", recursive=True)
-    assert not runner.exists(a, "/home/user/dir")
+        runner.files.delete(a, "/home/user/dir")
+    runner.files.delete(a, "/home/user/dir", recursive=True)
+    assert not runner.files.exists(a, "/home/user/dir")
     with pytest.raises(FileNotFoundError):
-        runner.read_file(a, "/home/user/dir/hello.txt")
+        runner.files.read_file(a, "/home/user/dir/hello.txt")
 
 
 def test_files_written_inside_are_readable(runner: Runner, sandboxes: Sandboxes) -> None:
     a = sandboxes.start()
     runner.exec(a, "printf data > /tmp/inside")
-    assert runner.read_file(a, "/tmp/inside") == b"data"
+    assert runner.files.read_file(a, "/tmp/inside") == b"data"
 
 
 def test_read_only_paths_stay_read_only(runner: Runner, sandboxes: Sandboxes) -> None:
     a = sandboxes.start()
     for content in (b"x", b"x" * (1 << 20), iter([b"x"] * 3)):  # with the request, or after
         with pytest.raises(OSError):
-            runner.write_file(a, "/etc/evil", content)
+            runner.files.write_file(a, "/etc/evil", content)
     with pytest.raises(OSError):
-        runner.delete(a, "/usr/bin/env")
+        runner.files.delete(a, "/usr/bin/env")
     assert runner.exec(a, "test -e /usr/bin/env").exit_code == 0
 
 
@@ -64,26 +64,26 @@ def test_symlink_escapes_do_not_reach_the_host(runner: Runner, sandboxes: Sandbo
     runner.exec(a, f"ln -s /root ~/x; ln -s /etc/shadow ~/s; ln -s ../../../../.. ~/up; "
                 f"ln -s {host_secret} ~/state; ln -s /proc/1/root ~/pr")
     with pytest.raises(OSError):
-        runner.read_file(a, "/home/user/x/.bashrc")
+        runner.files.read_file(a, "/home/user/x/.bashrc")
     # The sandbox's /etc/shadow is a nodev /dev/null: unreadable, or at most empty.
     with contextlib.suppress(PermissionError):
-        assert runner.read_file(a, "/home/user/s") == b""
+        assert runner.files.read_file(a, "/home/user/s") == b""
     with pytest.raises(FileNotFoundError):
-        runner.read_file(a, "/home/user/state")
+        runner.files.read_file(a, "/home/user/state")
     with pytest.raises(FileNotFoundError):
-        runner.read_file(a, f"/home/user/up{host_secret}")
+        runner.files.read_file(a, f"/home/user/up{host_secret}")
     with pytest.raises(OSError):
-        runner.read_file(a, "/home/user/pr/etc/hostname")
-    listing = {i.name for i in runner.list_dir(a, "/home/user/up")}
+        runner.files.read_file(a, "/home/user/pr/etc/hostname")
+    listing = {i.name for i in runner.files.list_dir(a, "/home/user/up")}
     assert "work" not in listing and "root" in listing  # the sandbox's / (with empty /root)
-    info = runner.stat(a, "/home/user/x")
+    info = runner.files.stat(a, "/home/user/x")
     assert info.is_symlink and info.link_target == "/root"
     # Writing through a symlink to a read-only or hidden place fails; nothing lands on the host.
     runner.exec(a, "ln -s /tmp ~/t")
-    runner.write_file(a, "/home/user/t/through", b"ok")
+    runner.files.write_file(a, "/home/user/t/through", b"ok")
     assert runner.exec(a, "cat /tmp/through").stdout == "ok"
     with pytest.raises(FileCallError):
-        runner.delete(a, "/")
+        runner.files.delete(a, "/")
 
 
 # --- The file helper: a process of the sandbox ------------------------------------------------
@@ -103,7 +103,7 @@ def test_the_file_helper_is_a_sandbox_process(runner: Runner, sandboxes: Sandbox
     record = runner._records.get(a)
     assert record is not None
     init, host_uid = record.init_pid, record.host_uid
-    assert runner.exists(a, "/etc/hostname")
+    assert runner.files.exists(a, "/etc/hostname")
     pids = _helper_pids(runner, a)
     assert pids, "no file helper in the sandbox's cgroup"
     for pid in pids:
@@ -122,7 +122,7 @@ def test_the_file_helper_ends_with_its_sandbox_and_its_runner(
     runner: Runner, sandboxes: Sandboxes
 ) -> None:
     a = sandboxes.start()
-    runner.stat(a, "/")
+    runner.files.stat(a, "/")
     helper = runner._files._helpers[a]
     helper.control.close()  # what the helper sees when the backend stops
     assert helper.process.wait(timeout=5) == 0
@@ -132,7 +132,7 @@ def test_the_file_helper_ends_with_its_sandbox_and_its_runner(
         time.sleep(0.05)
         workers = _helper_pids(runner, a)
     assert not workers, "workers outlived their runner"
-    assert runner.stat(a, "/etc").is_dir  # a new helper takes over
+    assert runner.files.stat(a, "/etc").is_dir  # a new helper takes over
     helper = runner._files._helpers[a]
     runner.destroy(a)
     assert helper.process.wait(timeout=5) != 0
@@ -140,28 +140,28 @@ def test_the_file_helper_ends_with_its_sandbox_and_its_runner(
 
 def test_a_killed_helper_is_replaced(runner: Runner, sandboxes: Sandboxes) -> None:
     a = sandboxes.start()
-    runner.write_file(a, "/tmp/x", b"1")
+    runner.files.write_file(a, "/tmp/x", b"1")
     runner._files._helpers[a].process.kill()
     runner._files._helpers[a].process.wait(timeout=5)
-    assert runner.read_file(a, "/tmp/x") == b"1"
+    assert runner.files.read_file(a, "/tmp/x") == b"1"
 
 
 def test_calls_are_bounded_in_time(runner: Runner, sandboxes: Sandboxes,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     a = sandboxes.start()
-    runner.stat(a, "/")
+    runner.files.stat(a, "/")
     monkeypatch.setattr(spec, "FILE_CALL_TIMEOUT_S", 0.05)
     started = time.monotonic()
     with pytest.raises(FileCallError, match="took longer than"):
-        runner.list_dir(a, "/usr", recursive=True)
+        runner.files.list_dir(a, "/usr", recursive=True)
     assert time.monotonic() - started < 1.0
     monkeypatch.undo()
-    assert runner.stat(a, "/etc").is_dir  # the helper serves on
+    assert runner.files.stat(a, "/etc").is_dir  # the helper serves on
 
 
 def test_a_stuck_call_ends_at_its_deadline(runner: Runner, sandboxes: Sandboxes) -> None:
     a = sandboxes.start()
-    runner.stat(a, "/")
+    runner.files.stat(a, "/")
     # A call whose request never comes: its worker waits, as one stuck in a read would,
     # until its own deadline (the call's timeout, rounded up, plus a second) ends it.
     ours, theirs = socket.socketpair()
@@ -172,7 +172,7 @@ def test_a_stuck_call_ends_at_its_deadline(runner: Runner, sandboxes: Sandboxes)
         started = time.monotonic()
         assert ours.recv(1) == b""
         assert 1.0 < time.monotonic() - started < 4.0
-    assert runner.stat(a, "/etc").is_dir
+    assert runner.files.stat(a, "/etc").is_dir
 
 
 def test_deep_and_odd_trees(runner: Runner, sandboxes: Sandboxes) -> None:
@@ -182,14 +182,14 @@ def test_deep_and_odd_trees(runner: Runner, sandboxes: Sandboxes) -> None:
                        "touch \"$(printf '/tmp/\\377')\"; echo ok")
     assert made.stdout.endswith("ok\n"), made
     with pytest.raises(FileCallError, match="deeper than"):
-        runner.list_dir(a, "/tmp", recursive=True)
-    assert {i.name for i in runner.list_dir(a, "/tmp")} == {"d", "\ufffd"}
+        runner.files.list_dir(a, "/tmp", recursive=True)
+    assert {i.name for i in runner.files.list_dir(a, "/tmp")} == {"d", "\ufffd"}
     with pytest.raises(FileCallError, match="deeper than"):
-        runner.delete(a, "/tmp/d", recursive=True)
+        runner.files.delete(a, "/tmp/d", recursive=True)
     # Two thousand components: made without recursion in the helper.
     long = "/tmp/" + "/".join(["e"] * 2000)
-    runner.mkdir(a, long, recursive=True)
-    assert runner.stat(a, long).is_dir
+    runner.files.mkdir(a, long, recursive=True)
+    assert runner.files.stat(a, long).is_dir
     assert runner.exec(a, f"test -d {long}").exit_code == 0
 
 
@@ -198,22 +198,22 @@ def test_only_regular_files_are_read_or_written(runner: Runner, sandboxes: Sandb
     runner.exec(a, "mkfifo /tmp/fifo")
     for path in ("/tmp/fifo", "/dev/zero", "/dev/null"):
         with pytest.raises(FileCallError, match="not a regular file"):
-            runner.read_file(a, path)
+            runner.files.read_file(a, path)
         with pytest.raises(FileCallError, match="not a regular file"):
-            runner.write_file(a, path, b"x")
+            runner.files.write_file(a, path, b"x")
     with pytest.raises(IsADirectoryError):
-        runner.read_file(a, "/tmp")
+        runner.files.read_file(a, "/tmp")
 
 
 def test_windows_of_a_file(runner: Runner, sandboxes: Sandboxes) -> None:
     a = sandboxes.start()
-    runner.write_file(a, "/tmp/lines", b"one\ntwo\nthree\nfour")
-    assert b"".join(runner.open_file(a, "/tmp/lines", head=2)) == b"one\ntwo\n"
-    assert b"".join(runner.open_file(a, "/tmp/lines", tail=2)) == b"three\nfour"
-    assert b"".join(runner.open_file(a, "/tmp/lines", offset=4, limit=10, tail=1)) == b"three\n"
-    assert b"".join(runner.open_file(a, "/tmp/lines", offset=4, limit=7)) == b"two\nthr"
+    runner.files.write_file(a, "/tmp/lines", b"one\ntwo\nthree\nfour")
+    assert b"".join(runner.files.open_file(a, "/tmp/lines", head=2)) == b"one\ntwo\n"
+    assert b"".join(runner.files.open_file(a, "/tmp/lines", tail=2)) == b"three\nfour"
+    assert b"".join(runner.files.open_file(a, "/tmp/lines", offset=4, limit=10, tail=1)) == b"three\n"
+    assert b"".join(runner.files.open_file(a, "/tmp/lines", offset=4, limit=7)) == b"two\nthr"
     # /proc files state no size: read whole, then windowed the same way.
-    status = b"".join(runner.open_file(a, "/proc/1/status", head=1))
+    status = b"".join(runner.files.open_file(a, "/proc/1/status", head=1))
     assert status.startswith(b"Name:") and status.count(b"\n") == 1
 
 
@@ -243,7 +243,7 @@ def test_read_window(tmp_path: Path, content: bytes, window: dict[str, int],
     fd = os.open(path, os.O_RDONLY)
     try:
         size = len(content) if sized else 0  # 0: how /proc files present themselves
-        got = b"".join(files.read_window(
+        got = b"".join(readwindow.read_window(
             fd, size, offset=window.get("offset", 0), limit=window.get("limit"),
             head=window.get("head"), tail=window.get("tail"), max_bytes=1 << 20))
     finally:
@@ -257,7 +257,7 @@ def test_a_long_tail_is_found_backwards(tmp_path: Path) -> None:
     path.write_bytes(b"".join(lines))
     fd = os.open(path, os.O_RDONLY)
     try:
-        got = b"".join(files.read_window(fd, path.stat().st_size, offset=0, limit=None,
+        got = b"".join(readwindow.read_window(fd, path.stat().st_size, offset=0, limit=None,
                                          head=None, tail=70_000, max_bytes=1 << 30))
     finally:
         os.close(fd)
@@ -270,9 +270,9 @@ def test_a_file_over_the_read_limit_is_refused_before_any_byte(tmp_path: Path) -
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(files.Refused, match="larger than 10 bytes"):
-            next(files.read_window(fd, 100, offset=0, limit=None, head=None, tail=None,
+            next(readwindow.read_window(fd, 100, offset=0, limit=None, head=None, tail=None,
                                    max_bytes=10))
-        assert b"".join(files.read_window(fd, 100, offset=50, limit=10, head=None, tail=None,
+        assert b"".join(readwindow.read_window(fd, 100, offset=50, limit=10, head=None, tail=None,
                                           max_bytes=10)) == b"x" * 10
     finally:
         os.close(fd)
@@ -311,5 +311,5 @@ def test_a_sandbox_at_its_process_limit_is_answered_at_once(
         time.sleep(0.1)
     started = time.monotonic()
     with pytest.raises(BlockingIOError):
-        runner.stat(a, "/")
+        runner.files.stat(a, "/")
     assert time.monotonic() - started < 5.0

@@ -67,6 +67,6 @@ def test_freeze_keeps_state_and_stops_time(limited_runner: Runner,
     runner.thaw(a)
     assert not runner.is_frozen(a)
     time.sleep(0.5)
-    after = int(runner.read_file(a, "/tmp/n"))
+    after = int(runner.files.read_file(a, "/tmp/n"))
     assert after > int(frozen_at)  # the same process carried on counting
     assert runner.exec(a, "ps -eo args | grep -c '^sh -c i=0'").stdout.strip() == "1"

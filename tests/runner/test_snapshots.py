@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pulumi_leap0.runner import Runner, RunnerError, SandboxConfig
-from pulumi_leap0.runner.snapshots import SeedTooLarge
+from pulumi_leap0.runner.snapshots import SeedTooLarge, disk_bytes
 
 from .conftest import TEMPLATE, Sandboxes, leftovers, new_id, require_capability
 
@@ -24,7 +24,7 @@ def store(tmp_path: Path) -> Path:
 
 def _snapshot(runner: Runner, sandbox_id: str, store: Path, **kwargs: bool) -> Path:
     dest = store / f"{new_id()}.tar"
-    size = runner.snapshot(sandbox_id, dest, **kwargs)
+    size = runner.snapshots.take(sandbox_id, dest, **kwargs)
     assert size == dest.stat().st_size > 0
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     return dest
@@ -87,9 +87,9 @@ def test_a_capture_over_its_limit_fails_and_thaws(limited_runner: Runner, sandbo
     a = sandboxes.start()
     runner.exec(a, "head -c 8M /dev/urandom > ~/big")
     monkeypatch.setattr("pulumi_leap0.runner.snapshots.HEADER_ALLOWANCE_BYTES",
-                        -runner._disk_bytes(runner.runtime_dir / a / "layer") + 1024 * 1024)
+                        -disk_bytes(runner.runtime_dir / a / "layer") + 1024 * 1024)
     dest = store / "over.tar"
     with pytest.raises(RunnerError, match="larger than a snapshot"):
-        runner.snapshot(a, dest)
+        runner.snapshots.take(a, dest)
     assert not dest.exists()
     assert not runner.is_frozen(a)

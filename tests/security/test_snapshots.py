@@ -43,7 +43,7 @@ def store(tmp_path: Path) -> Path:
 
 def _snapshot(runner: Runner, sandbox_id: str, store: Path) -> Path:
     dest = store / f"{new_id()}.tar"
-    runner.snapshot(sandbox_id, dest)
+    runner.snapshots.take(sandbox_id, dest)
     return dest
 
 
