@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pulumi_leap0.runner import fileops, files, filesearch, frames, readwindow, sysutil
@@ -305,32 +306,36 @@ def _write(sock: socket.socket, root: int, names: files.Names, r: dict[str, Any]
     try:
         fd = files.open_for_write(root, r["path"], None if mode is None else int(mode))
     except Exception as exc:
-        # Answer, then take what the runner already sent (a small write comes with its
-        # request): a socket closed on unread data resets, and the answer could be lost.
         frames.send_json(sock, frames.RESULT, {"error": _error(exc)})
-        with contextlib.suppress(frames.ConnectionEnded, OSError, ValueError):
-            while frames.recv(sock)[0] != frames.END:
-                pass
+        _drain(sock)  # a small write comes with its request
         return
-    failed: BaseException | None = None
     try:
         _answer(sock, None)
-        while True:
-            kind, payload = frames.recv(sock)
-            if kind == frames.END:
-                break
-            if kind != frames.DATA:
-                raise ValueError("a write takes data frames")
-            if failed is None:
-                try:
-                    files.write_all(fd, payload)
-                except OSError as exc:
-                    failed = exc  # keep reading: the runner finishes sending, then hears why
+        failed = _receive(sock, partial(files.write_all, fd), OSError)
     finally:
         os.close(fd)
     if failed is not None:
         raise failed
     _answer(sock, None)
+
+
+def _receive(sock: socket.socket, write: Callable[[bytes], None], catch: type[Exception],
+             failed: Exception | None = None) -> Exception | None:
+    """One file's ``DATA`` frames up to its ``END``, each given to ``write`` until a call
+    fails (``catch``), or from the start when the call ``failed`` already. The frames after a
+    failure are read anyway, so the runner finishes sending and then hears why: returns the
+    failure."""
+    while True:
+        kind, payload = frames.recv(sock)
+        if kind == frames.END:
+            return failed
+        if kind != frames.DATA:
+            raise ValueError("a write takes data frames")
+        if failed is None:
+            try:
+                write(payload)
+            except catch as exc:
+                failed = exc
 
 
 def _drain(sock: socket.socket) -> None:
@@ -410,20 +415,10 @@ def _write_files(sock: socket.socket, root: int, names: files.Names,
             _drain(sock)
             return
         _answer(sock, None)
-        failed: BaseException | None = None
+        failed: Exception | None = None
         for index, item in enumerate(staged):
-            while True:
-                kind, payload = frames.recv(sock)
-                if kind == frames.END:
-                    break
-                if kind != frames.DATA:
-                    raise ValueError("a write takes data frames")
-                if failed is None:
-                    try:
-                        with files.blame(f"files[{index}]"):
-                            item.write(payload)
-                    except files.Failed as exc:
-                        failed = exc  # keep reading: the runner finishes sending, then hears
+            failed = _receive(sock, partial(_write_staged, item, f"files[{index}]"),
+                              files.Failed, failed)
         if failed is not None:
             raise failed
         fileops.commit(staged)
@@ -431,6 +426,11 @@ def _write_files(sock: socket.socket, root: int, names: files.Names,
     finally:
         for item in staged:
             item.discard()
+
+
+def _write_staged(item: fileops.Staged, field: str, payload: bytes) -> None:
+    with files.blame(field):
+        item.write(payload)
 
 
 def _read_files(sock: socket.socket, root: int, names: files.Names,
