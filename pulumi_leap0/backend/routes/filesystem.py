@@ -10,7 +10,7 @@ all its parts together, because every file must be known before the sandbox stag
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from anyio import to_thread
@@ -23,7 +23,14 @@ from starlette.exceptions import HTTPException
 from pulumi_leap0 import spec
 from pulumi_leap0.backend import errors, models, runtime
 from pulumi_leap0.backend.dependencies import InSandbox
-from pulumi_leap0.backend.routing import Router, body_schema, json_response, no_content, parse_body
+from pulumi_leap0.backend.routing import (
+    ModelT,
+    Router,
+    body_schema,
+    json_response,
+    no_content,
+    parse_body,
+)
 
 router = Router(tags=["Filesystem"], prefix="/v1/sandbox/{sandbox_id}/filesystem")
 OCTETS = "application/octet-stream"
@@ -31,24 +38,24 @@ OCTETS = "application/octet-stream"
 TRANSFER_GRACE_S = 5.0
 
 
-@router.post("/ls", response_model=models.LsResponse, openapi_extra=body_schema(models.LsRequest))
-async def fs_ls(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.LsRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.list_dir, body))
+def _route(path: str, name: str, model: type[ModelT],
+           call: Callable[[runtime.Runner, str, ModelT], BaseModel | None],
+           answer: type[BaseModel] | None) -> None:
+    """A call that reads its JSON body and answers ``answer`` (or 204, for ``None``): the
+    same three steps for most file calls, so one endpoint serves them all."""
+    async def endpoint(request: Request, scope: InSandbox) -> Response:
+        body = await parse_body(request, model)
+        result = await scope.lifecycle.call(scope.sandbox, call, body)
+        return no_content() if result is None else json_response(result)
+
+    router.add_api_route(f"/{path}", endpoint, methods=["POST"], name=name,
+                         status_code=204 if answer is None else None, response_model=answer,
+                         openapi_extra=body_schema(model))
 
 
-@router.post("/stat", response_model=models.FileInfo,
-             openapi_extra=body_schema(models.PathRequest))
-async def fs_stat(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.PathRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.stat, body))
-
-
-@router.post("/mkdir", status_code=204, openapi_extra=body_schema(models.MkdirRequest))
-async def fs_mkdir(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.MkdirRequest)
-    await scope.lifecycle.call(scope.sandbox, runtime.mkdir, body)
-    return no_content()
+_route("ls", "fs_ls", models.LsRequest, runtime.list_dir, models.LsResponse)
+_route("stat", "fs_stat", models.PathRequest, runtime.stat, models.FileInfo)
+_route("mkdir", "fs_mkdir", models.MkdirRequest, runtime.mkdir, None)
 
 
 @router.post("/write-file", status_code=204)
@@ -80,18 +87,8 @@ async def fs_read_file(request: Request, scope: InSandbox) -> Response:
     return StreamingResponse(runtime.file_content(reader), media_type=OCTETS)
 
 
-@router.post("/delete", status_code=204, openapi_extra=body_schema(models.DeleteRequest))
-async def fs_delete(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.DeleteRequest)
-    await scope.lifecycle.call(scope.sandbox, runtime.delete, body)
-    return no_content()
-
-
-@router.post("/exists", response_model=models.ExistsResponse,
-             openapi_extra=body_schema(models.PathRequest))
-async def fs_exists(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.PathRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.exists, body))
+_route("delete", "fs_delete", models.DeleteRequest, runtime.delete, None)
+_route("exists", "fs_exists", models.PathRequest, runtime.exists, models.ExistsResponse)
 
 
 # --- Many files at once ---------------------------------------------------------------------
@@ -160,58 +157,14 @@ def _quoted(name: str) -> str:
 # --- Metadata, searches, edits, moves -------------------------------------------------------
 
 
-@router.post("/set-permissions", status_code=204,
-             openapi_extra=body_schema(models.SetPermissionsRequest))
-async def fs_set_permissions(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.SetPermissionsRequest)
-    await scope.lifecycle.call(scope.sandbox, runtime.set_permissions, body)
-    return no_content()
-
-
-@router.post("/glob", response_model=models.GlobResponse,
-             openapi_extra=body_schema(models.GlobRequest))
-async def fs_glob(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.GlobRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.glob, body))
-
-
-@router.post("/grep", response_model=models.GrepResponse,
-             openapi_extra=body_schema(models.GrepRequest))
-async def fs_grep(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.GrepRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.grep, body))
-
-
-@router.post("/edit-file", response_model=models.EditFileResponse,
-             openapi_extra=body_schema(models.EditFileRequest))
-async def fs_edit_file(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.EditFileRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.edit_file, body))
-
-
-@router.post("/edit-files", response_model=models.EditFilesResponse,
-             openapi_extra=body_schema(models.EditFilesRequest))
-async def fs_edit_files(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.EditFilesRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.edit_files, body))
-
-
-@router.post("/move", status_code=204, openapi_extra=body_schema(models.MoveRequest))
-async def fs_move(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.MoveRequest)
-    await scope.lifecycle.call(scope.sandbox, runtime.move, body)
-    return no_content()
-
-
-@router.post("/copy", status_code=204, openapi_extra=body_schema(models.CopyRequest))
-async def fs_copy(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.CopyRequest)
-    await scope.lifecycle.call(scope.sandbox, runtime.copy, body)
-    return no_content()
-
-
-@router.post("/tree", response_model=models.TreeResponse,
-             openapi_extra=body_schema(models.TreeRequest))
-async def fs_tree(request: Request, scope: InSandbox) -> Response:
-    body = await parse_body(request, models.TreeRequest)
-    return json_response(await scope.lifecycle.call(scope.sandbox, runtime.tree, body))
+_route("set-permissions", "fs_set_permissions", models.SetPermissionsRequest,
+       runtime.set_permissions, None)
+_route("glob", "fs_glob", models.GlobRequest, runtime.glob, models.GlobResponse)
+_route("grep", "fs_grep", models.GrepRequest, runtime.grep, models.GrepResponse)
+_route("edit-file", "fs_edit_file", models.EditFileRequest, runtime.edit_file,
+       models.EditFileResponse)
+_route("edit-files", "fs_edit_files", models.EditFilesRequest, runtime.edit_files,
+       models.EditFilesResponse)
+_route("move", "fs_move", models.MoveRequest, runtime.move, None)
+_route("copy", "fs_copy", models.CopyRequest, runtime.copy, None)
+_route("tree", "fs_tree", models.TreeRequest, runtime.tree, models.TreeResponse)
