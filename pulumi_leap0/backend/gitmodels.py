@@ -20,6 +20,7 @@ from pulumi_leap0 import spec
 from pulumi_leap0.backend.models import SandboxPath
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NUL = re.compile("\x00")
 #: What a URL may start with: a scheme git speaks (``ALLOWED_PROTOCOLS`` of the runner), an
 #: scp-like ``host:path``, or a path in the sandbox.
 _SCHEMES = ("http", "https", "git", "ssh", "file")
@@ -29,14 +30,21 @@ def _size(value: str) -> int:
     return len(value.encode("utf-8", errors="surrogatepass"))
 
 
+def _within(kind: str, value: str, forbidden: re.Pattern[str], what: str, limit: int,
+            bound: str = "") -> str:
+    """``value`` if it holds nothing ``forbidden`` (``what`` names it) and at most ``limit``
+    bytes (``bound``: that limit in the sentence's words, if not in bytes)."""
+    if forbidden.search(value):
+        raise PydanticCustomError(kind, f"must not contain {what}")
+    if _size(value) > limit:
+        raise PydanticCustomError(kind, f"must be at most {bound or f'{limit} bytes'}")
+    return value
+
+
 def _plain(kind: str, value: str, limit: int) -> str:
     if not value:
         raise PydanticCustomError(kind, "must not be empty")
-    if _CONTROL.search(value):
-        raise PydanticCustomError(kind, "must not contain control characters (NUL, line breaks)")
-    if _size(value) > limit:
-        raise PydanticCustomError(kind, f"must be at most {limit} bytes")
-    return value
+    return _within(kind, value, _CONTROL, "control characters (NUL, line breaks)", limit)
 
 
 def _ref(value: str) -> str:
@@ -70,21 +78,13 @@ def _url(value: str) -> str:
 
 def _credential(value: str) -> str:
     # Never echoed: the rule's words only.
-    if _CONTROL.search(value):
-        raise PydanticCustomError("git_credential", "must not contain control characters")
-    if _size(value) > spec.MAX_GIT_CREDENTIAL_BYTES:
-        raise PydanticCustomError(
-            "git_credential", f"must be at most {spec.MAX_GIT_CREDENTIAL_BYTES} bytes")
-    return value
+    return _within("git_credential", value, _CONTROL, "control characters",
+                   spec.MAX_GIT_CREDENTIAL_BYTES)
 
 
 def _message(value: str) -> str:
-    if "\x00" in value:
-        raise PydanticCustomError("git_message", "must not contain NUL characters")
-    if _size(value) > spec.MAX_GIT_MESSAGE_BYTES:
-        raise PydanticCustomError(
-            "git_message", f"must be at most {spec.MAX_GIT_MESSAGE_BYTES // 1024} KiB")
-    return value
+    return _within("git_message", value, _NUL, "NUL characters", spec.MAX_GIT_MESSAGE_BYTES,
+                   f"{spec.MAX_GIT_MESSAGE_BYTES // 1024} KiB")
 
 
 def _text(value: str) -> str:
