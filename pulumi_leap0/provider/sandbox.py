@@ -17,14 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pulumi.dynamic import (
-    CheckFailure,
-    CheckResult,
-    CreateResult,
-    DiffResult,
-    ReadResult,
-    UpdateResult,
-)
+from pulumi import dynamic
 
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client, Leap0Error
@@ -105,7 +98,7 @@ def _inputs_of(request: spec.SandboxCreateRequest) -> dict[str, Any]:
     return inputs
 
 
-def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[CheckFailure]]:
+def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[dynamic.CheckFailure]]:
     """Every known input normalized, unknown ones kept as they are, and what broke a rule."""
     inputs, failures = normal_form.normalize(
         _given(props), spec.validate_create, _inputs_of, _STAND_INS
@@ -122,12 +115,13 @@ def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[CheckF
         for name in spec.SNAPSHOT_FIXES:
             inputs.pop(name, None)
             if props.get(name) is not None:
-                failures.append(CheckFailure(name, "is fixed by the snapshot named in "
-                                             "snapshot_name: leave it out, the restored "
-                                             "sandbox has the snapshot's"))
+                failures.append(dynamic.CheckFailure(
+                    name, "is fixed by the snapshot named in snapshot_name: leave it out, the "
+                    "restored sandbox has the snapshot's"))
         if props.get("adopt_id") is not None:
-            failures.append(CheckFailure("adopt_id", "cannot be set with snapshot_name: a "
-                                         "sandbox is either restored or adopted"))
+            failures.append(dynamic.CheckFailure(
+                "adopt_id", "cannot be set with snapshot_name: a sandbox is either restored or "
+                "adopted"))
         failures += normal_form.own_input(
             props, "snapshot_name", _snapshot_name,
             f"must be a snapshot name: 1-{spec.MAX_SNAPSHOT_NAME_CHARS} letters, digits, '.', "
@@ -169,10 +163,10 @@ class SandboxProvider(Leap0Provider):
 
     # --- check and diff --------------------------------------------------------------------
 
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.CheckResult:
         return check_result(news, normal_inputs(news))
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         compared = [n for n in _COMPARED
                     if not (_from_snapshot(news) and n in spec.SNAPSHOT_FIXES)]
         changed = normal_form.changed(_comparable(news), _comparable(olds), compared)
@@ -180,7 +174,7 @@ class SandboxProvider(Leap0Provider):
 
     # --- create ----------------------------------------------------------------------------
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         request = _request(props)
         if props.get("adopt_id"):
             return self._adopt(str(props["adopt_id"]), request, props)
@@ -193,11 +187,11 @@ class SandboxProvider(Leap0Provider):
                 raise _create_error(exc) from None
             with deleted_on_failure(sandbox.id, lambda: _delete(client, sandbox.id)):
                 sandbox = _wait_running(client, sandbox, props)
-        return CreateResult(sandbox.id, _outputs(request, sandbox, props))
+        return dynamic.CreateResult(sandbox.id, _outputs(request, sandbox, props))
 
     def _adopt(
         self, sandbox_id: str, request: spec.SandboxCreateRequest, props: Mapping[str, Any]
-    ) -> CreateResult:
+    ) -> dynamic.CreateResult:
         """Take over an existing sandbox that matches the program; fix its mounts in place.
 
         What no call can change must already match, or adopting fails and says what
@@ -209,11 +203,12 @@ class SandboxProvider(Leap0Provider):
             current = [m.wire() for m in sandbox.mounts]
             applied = mounts.apply(client, sandbox_id, current, request.mounts, adopting=True)
             sandbox = client.get_sandbox(sandbox_id)
-        return CreateResult(sandbox_id, {**_outputs(request, sandbox, props), "mounts": applied})
+        return dynamic.CreateResult(sandbox_id,
+                                    {**_outputs(request, sandbox, props), "mounts": applied})
 
     def _restore(
         self, snapshot_name: str, request: spec.SandboxCreateRequest, props: Mapping[str, Any]
-    ) -> CreateResult:
+    ) -> dynamic.CreateResult:
         """A new sandbox from the snapshot; then its mounts, as for an adopted one."""
         restore = spec.SnapshotRestoreRequest(
             snapshot_name=snapshot_name, timeout=request.timeout,
@@ -230,31 +225,31 @@ class SandboxProvider(Leap0Provider):
                 sandbox = _wait_running(client, sandbox, props)
                 applied = mounts.apply(client, sandbox.id, [], request.mounts)
                 sandbox = client.get_sandbox(sandbox.id)
-        return CreateResult(sandbox.id, {**_outputs(_restored(request, sandbox), sandbox, props),
-                                         "mounts": applied})
+        outputs = _outputs(_restored(request, sandbox), sandbox, props)
+        return dynamic.CreateResult(sandbox.id, {**outputs, "mounts": applied})
 
     # --- read ------------------------------------------------------------------------------
 
-    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
         with self.client() as client:
             sandbox = found(lambda: client.get_sandbox(id_))
         if sandbox is None or sandbox.state in spec.GONE_STATES:
-            return ReadResult("", {})
+            return dynamic.ReadResult("", {})
         outputs = _refreshed(props, sandbox)
         inputs = {k: outputs[k] for k in (*_API_INPUTS, *PROVIDER_INPUTS) if k in outputs
                   and not (_from_snapshot(outputs) and k in spec.SNAPSHOT_FIXES)}
-        return ReadResult(id_, outputs, inputs)
+        return dynamic.ReadResult(id_, outputs, inputs)
 
     # --- update ----------------------------------------------------------------------------
 
-    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         request = _request(news)
         with self.client() as client:
             applied = mounts.apply(client, id_, olds.get("mounts") or [], request.mounts)
             sandbox = client.get_sandbox(id_)
         if _from_snapshot(news):
             request = _restored(request, sandbox)
-        return UpdateResult({**_outputs(request, sandbox, news), "mounts": applied})
+        return dynamic.UpdateResult({**_outputs(request, sandbox, news), "mounts": applied})
 
     # --- delete ----------------------------------------------------------------------------
 

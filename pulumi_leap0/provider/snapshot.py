@@ -16,14 +16,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from pulumi.dynamic import (
-    CheckFailure,
-    CheckResult,
-    CreateResult,
-    DiffResult,
-    ReadResult,
-    UpdateResult,
-)
+from pulumi import dynamic
 
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client, Leap0Error
@@ -50,12 +43,12 @@ def _inputs_of(request: spec.SnapshotCreateRequest) -> dict[str, Any]:
     return {"name": request.name, "kill_sandbox_after": request.kill_sandbox_after}
 
 
-def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[CheckFailure]]:
+def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[dynamic.CheckFailure]]:
     given = {n: props[n] for n in _API_INPUTS if props.get(n) is not None}
     inputs, failures = normal_form.normalize(
         given, lambda data: spec.validate(spec.SnapshotCreateRequest, data), _inputs_of, {})
     if props.get("sandbox_id") is None:
-        failures.append(CheckFailure("sandbox_id", "is required"))
+        failures.append(dynamic.CheckFailure("sandbox_id", "is required"))
     failures += normal_form.own_input(
         props, "sandbox_id", normal_form.prefixed(spec.SANDBOX_ID_PREFIX),
         f"must be a sandbox id ({spec.SANDBOX_ID_PREFIX}...)", inputs)
@@ -73,47 +66,47 @@ class SnapshotProvider(Leap0Provider):
 
     # --- check and diff --------------------------------------------------------------------
 
-    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.CheckResult:
         if news.get("name") is None:
             news = {**news, "name": olds.get("name") or generated_name()}
         return check_result(news, normal_inputs(news))
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         new, old = normal_inputs(news)[0], normal_inputs(olds)[0]
         changed = normal_form.changed(new, old, INPUTS)
         return diff_result(news, olds, changed, INPUTS)
 
     # --- create ----------------------------------------------------------------------------
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         request, sandbox_id = _request(props)
         with self.client() as client:
             try:
                 snapshot = client.create_snapshot(sandbox_id, request)
             except Leap0Error as exc:
                 raise _create_error(exc) from None
-        return CreateResult(snapshot.id, _outputs(sandbox_id, request, snapshot))
+        return dynamic.CreateResult(snapshot.id, _outputs(sandbox_id, request, snapshot))
 
     # --- read ------------------------------------------------------------------------------
 
-    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
         name = props.get("name")
         with self.client() as client:
             snapshot = client.find_snapshot(str(name)) if name else _by_id(client, id_)
         if snapshot is None or snapshot.id != id_:
             # Gone, or the name now belongs to another snapshot: this one is gone.
-            return ReadResult("", {})
+            return dynamic.ReadResult("", {})
         outputs = {k: v for k, v in props.items() if k != "__provider" and v is not None}
         outputs.update(name=snapshot.name, **_computed(snapshot))
         outputs.setdefault("kill_sandbox_after", False)
-        return ReadResult(id_, outputs, {k: outputs[k] for k in INPUTS if k in outputs})
+        return dynamic.ReadResult(id_, outputs, {k: outputs[k] for k in INPUTS if k in outputs})
 
     # --- update ----------------------------------------------------------------------------
 
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         # Only a new provider version gets here (every input replaces): keep every output.
         kept = {k: v for k, v in olds.items() if k != "__provider"}
-        return UpdateResult({**kept, **normal_inputs(news)[0]})
+        return dynamic.UpdateResult({**kept, **normal_inputs(news)[0]})
 
     # --- delete ----------------------------------------------------------------------------
 

@@ -15,14 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pulumi.dynamic import (
-    CheckFailure,
-    CheckResult,
-    CreateResult,
-    DiffResult,
-    ReadResult,
-    UpdateResult,
-)
+from pulumi import dynamic
 
 from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Error
@@ -57,7 +50,7 @@ def _inputs_of(request: spec.TemplateUploadRequest) -> dict[str, Any]:
     return request.wire()
 
 
-def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[CheckFailure]]:
+def normal_inputs(props: Mapping[str, Any]) -> tuple[dict[str, Any], list[dynamic.CheckFailure]]:
     return normal_form.normalize(_given(props), spec.validate_template, _inputs_of,
                                  _STAND_INS)
 
@@ -76,16 +69,16 @@ class TemplateProvider(Leap0Provider):
 
     # --- check and diff --------------------------------------------------------------------
 
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.CheckResult:
         return check_result(news, normal_inputs(news))
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         changed = normal_form.changed(news, olds, _COMPARED)
         return diff_result(news, olds, changed, spec.TEMPLATE_REPLACE_ON_CHANGE)
 
     # --- create ----------------------------------------------------------------------------
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         request = _request(props)
         with self.client() as client:
             try:
@@ -93,19 +86,20 @@ class TemplateProvider(Leap0Provider):
             except Leap0Error as exc:
                 raise _create_error(exc) from None
         # A failed upload leaves nothing behind on the service, so there is nothing to undo.
-        return CreateResult(template.id, _outputs(request, template.model_dump(mode="json")))
+        return dynamic.CreateResult(template.id,
+                                    _outputs(request, template.model_dump(mode="json")))
 
     # --- read ------------------------------------------------------------------------------
 
-    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
         # No call reads a template: what the last up recorded is all there is to report.
         outputs = {k: v for k, v in props.items() if k != "__provider"}
         inputs = {k: outputs[k] for k in _COMPARED if k in outputs}
-        return ReadResult(id_, outputs, inputs)
+        return dynamic.ReadResult(id_, outputs, inputs)
 
     # --- update ----------------------------------------------------------------------------
 
-    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
         request = _request(news)
         if request.name != olds.get("name"):
             with self.client() as client:
@@ -114,7 +108,7 @@ class TemplateProvider(Leap0Provider):
                 except Leap0Error as exc:
                     raise ProviderError(f"Leap0 could not rename template {id_}: "
                                         f"{_reason(exc)}") from None
-        return UpdateResult(_outputs(request, olds))
+        return dynamic.UpdateResult(_outputs(request, olds))
 
     # --- delete ----------------------------------------------------------------------------
 
