@@ -49,7 +49,7 @@ class SandboxConfig:
     ``disk_mib`` overrides the template's writable-layer size. ``image``: the root of a
     user template (a container image, ``images.Image``), ``template`` then only its name;
     without it ``template`` names a system template of the runner's registry. ``seed`` is a
-    snapshot's archive (``Runner.snapshot``): a fresh writable layer starts with its files,
+    snapshot's archive (``Snapshots.take``): a fresh writable layer starts with its files,
     unpacked before the init starts and counted against ``disk_mib``.
     """
 

@@ -1,4 +1,4 @@
-"""``Runner.git``: git as an exec of an argv in the sandbox, bounded in time and output, its
+"""``Runner.git.run``: git as an exec of an argv in the sandbox, bounded in time and output, its
 credentials on a pipe that nothing in the sandbox keeps."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def test_a_git_call_ends_at_its_deadline_with_every_process_it_started(
     box = sandboxes.start(network_policy=ALLOW_ALL)
     started = time.monotonic()
     run = runner.git.run(box, ["clone", "--", git_server.url("stall", "never.git"), "/tmp/x"],
-                     env={}, timeout=2, max_output=spec.MAX_GIT_OUTPUT_BYTES,
-                     credentials=GitCredentials("u", "p"))
+                         env={}, timeout=2, max_output=spec.MAX_GIT_OUTPUT_BYTES,
+                         credentials=GitCredentials("u", "p"))
     assert run.timed_out and time.monotonic() - started < 7
     left = runner.exec(box, "ps -eo args --no-headers").stdout
     assert "git" not in left, left
@@ -45,10 +45,10 @@ def test_output_is_cut_at_the_bound_and_says_so(runner: Runner, sandboxes: Sandb
     assert runner.exec(box, "git init -q /tmp/r && cd /tmp/r && seq 1 100000 > n && "
                             "git add n").exit_code == 0
     run = runner.git.run(box, ["-C", "/tmp/r", "diff", "--cached"], env={}, timeout=30,
-                     max_output=1000)
+                         max_output=1000)
     assert run.exit_code == 0 and run.cut and len(run.output.encode()) <= 1000
     whole = runner.git.run(box, ["-C", "/tmp/r", "status", "--short"], env={}, timeout=30,
-                       max_output=1000)
+                           max_output=1000)
     assert (whole.output, whole.cut) == ("A  n\n", False)
 
 
