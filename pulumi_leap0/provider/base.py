@@ -159,7 +159,8 @@ def wait_until(
 
 
 def delete_and_wait(
-    delete: Callable[[], None], gone: Callable[[], bool], *, timeout_s: float, what: str
+    delete: Callable[[], None], gone: Callable[[], bool], *, what: str,
+    timeout_s: float = DELETE_TIMEOUT_S,
 ) -> None:
     """Delete, waiting through transitions (409); what is already gone (404) is success."""
     backoff = Backoff(timeout_s)

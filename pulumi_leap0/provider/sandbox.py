@@ -24,7 +24,6 @@ from pulumi_leap0.client import Leap0Client, Leap0Error
 from pulumi_leap0.provider import mounts, normal_form
 from pulumi_leap0.provider.base import (
     CREATE_TIMEOUT_DEFAULT_S,
-    DELETE_TIMEOUT_S,
     Leap0Provider,
     ProviderError,
     check_result,
@@ -403,6 +402,5 @@ def _delete(client: Leap0Client, sandbox_id: str) -> None:
     delete_and_wait(
         lambda: client.delete_sandbox(sandbox_id),
         lambda: client.get_sandbox(sandbox_id).state == spec.SandboxState.DELETED,
-        timeout_s=DELETE_TIMEOUT_S,
         what=f"sandbox {sandbox_id}",
     )

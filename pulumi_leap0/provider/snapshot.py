@@ -22,7 +22,6 @@ from pulumi_leap0 import spec
 from pulumi_leap0.client import Leap0Client, Leap0Error
 from pulumi_leap0.provider import normal_form
 from pulumi_leap0.provider.base import (
-    DELETE_TIMEOUT_S,
     Leap0Provider,
     ProviderError,
     check_result,
@@ -114,7 +113,7 @@ class SnapshotProvider(Leap0Provider):
         with self.client() as client:
             # 409 while a sandbox is being restored from it: delete_and_wait waits it out.
             delete_and_wait(lambda: client.delete_snapshot(id_), lambda: True,
-                            timeout_s=DELETE_TIMEOUT_S, what=f"snapshot {id_}")
+                            what=f"snapshot {id_}")
 
 
 # --- Helpers for the calls above, in the same order ------------------------------------------
