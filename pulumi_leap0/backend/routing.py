@@ -7,8 +7,8 @@ routes still describe their bodies to ``/openapi.json`` through ``body_schema``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -46,6 +46,20 @@ def json_response(model: BaseModel, status: int = 200) -> Response:
 
 def no_content() -> Response:
     return Response(status_code=204)
+
+
+class Public(Protocol):
+    """A stored record: ``public`` is what the API shows of it."""
+
+    def public(self) -> BaseModel: ...
+
+
+async def public_answer(request: Request, model: type[ModelT],
+                        act: Callable[[ModelT], Awaitable[Public]], status: int = 200) -> Response:
+    """A call that makes or changes a record: the body read with ``model``, ``act`` given it,
+    and the record it returns answered as the API shows it."""
+    record = await act(await parse_body(request, model))
+    return json_response(record.public(), status)
 
 
 async def parse_body(request: Request, model: type[ModelT]) -> ModelT:

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from pulumi_leap0 import spec
 from pulumi_leap0.backend.dependencies import Changing
-from pulumi_leap0.backend.routing import Router, body_schema, json_response, no_content, parse_body
+from pulumi_leap0.backend.routing import Router, body_schema, no_content, public_answer
 
 router = Router(tags=["Sandbox"])
 
@@ -15,17 +15,16 @@ router = Router(tags=["Sandbox"])
 @router.post("/v1/sandbox/{sandbox_id}/mounts", status_code=201, response_model=spec.Mount,
              openapi_extra=body_schema(spec.MountRequest))
 async def add_mount(request: Request, scope: Changing) -> Response:
-    body = await parse_body(request, spec.MountRequest)
-    mount = await scope.lifecycle.add_mount(scope.sandbox, body)
-    return json_response(mount.public(), 201)
+    return await public_answer(request, spec.MountRequest,
+                               lambda body: scope.lifecycle.add_mount(scope.sandbox, body), 201)
 
 
 @router.patch("/v1/sandbox/{sandbox_id}/mounts/{mount_id}", response_model=spec.Mount,
               openapi_extra=body_schema(spec.MountUpdateRequest))
 async def update_mount(request: Request, scope: Changing, mount_id: str) -> Response:
-    body = await parse_body(request, spec.MountUpdateRequest)
-    mount = await scope.lifecycle.update_mount(scope.sandbox, mount_id, body)
-    return json_response(mount.public())
+    return await public_answer(
+        request, spec.MountUpdateRequest,
+        lambda body: scope.lifecycle.update_mount(scope.sandbox, mount_id, body))
 
 
 @router.delete("/v1/sandbox/{sandbox_id}/mounts/{mount_id}", status_code=204)

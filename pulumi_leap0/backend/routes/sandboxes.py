@@ -14,8 +14,8 @@ from pulumi_leap0.backend.routing import (
     body_schema,
     json_response,
     no_content,
-    parse_body,
     parse_query,
+    public_answer,
     query_parameters,
 )
 
@@ -25,9 +25,8 @@ router = Router(tags=["Sandbox"])
 @router.post("/v1/sandbox/", status_code=201, response_model=spec.Sandbox,
              openapi_extra=body_schema(spec.SandboxCreateRequest))
 async def create_sandbox(request: Request, caller: Creating) -> Response:
-    body = await parse_body(request, spec.SandboxCreateRequest)
-    record = await caller.lifecycle.create(caller.org, body)
-    return json_response(record.public(), 201)
+    return await public_answer(request, spec.SandboxCreateRequest,
+                               lambda body: caller.lifecycle.create(caller.org, body), 201)
 
 
 @router.get("/v1/sandbox/{sandbox_id}/", response_model=spec.Sandbox)

@@ -20,8 +20,8 @@ from pulumi_leap0.backend.routing import (
     body_schema,
     json_response,
     no_content,
-    parse_body,
     parse_query,
+    public_answer,
     query_parameters,
 )
 
@@ -31,9 +31,8 @@ router = Router(tags=["Snapshot"])
 @router.post("/v1/sandbox/{sandbox_id}/snapshot/create", status_code=201,
              response_model=spec.Snapshot, openapi_extra=body_schema(spec.SnapshotCreateRequest))
 async def create_snapshot(request: Request, scope: Changing) -> Response:
-    body = await parse_body(request, spec.SnapshotCreateRequest)
-    snapshot = await scope.lifecycle.snapshot(scope.sandbox, body)
-    return json_response(snapshot.public(), 201)
+    return await public_answer(request, spec.SnapshotCreateRequest,
+                               lambda body: scope.lifecycle.snapshot(scope.sandbox, body), 201)
 
 
 @router.get("/v1/snapshots", response_model=spec.SnapshotList,
@@ -56,6 +55,5 @@ async def delete_snapshot(snapshot_id: str, caller: Creating) -> Response:
 @router.post("/v1/snapshot/restore", status_code=201, response_model=spec.Sandbox,
              openapi_extra=body_schema(spec.SnapshotRestoreRequest))
 async def restore_snapshot(request: Request, caller: Creating) -> Response:
-    body = await parse_body(request, spec.SnapshotRestoreRequest)
-    record = await caller.lifecycle.restore(caller.org, body)
-    return json_response(record.public(), 201)
+    return await public_answer(request, spec.SnapshotRestoreRequest,
+                               lambda body: caller.lifecycle.restore(caller.org, body), 201)
