@@ -324,6 +324,25 @@ class _Model(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+# --- Files ---------------------------------------------------------------------------------
+
+
+# One file as the sandbox sees it (the API's ``FileInfo``): what the runner's file calls
+# answer and the backend's ``ls`` and ``stat`` return as they are. ``mode`` is octal, e.g.
+# 755. No docstring: it would become the OpenAPI document's description.
+class FileInfo(_Model):
+    name: str
+    path: str
+    is_dir: bool
+    size: int
+    mode: str
+    mtime: int
+    owner: str
+    group: str
+    is_symlink: bool
+    link_target: str | None = None
+
+
 # --- Network policy ------------------------------------------------------------------------
 
 

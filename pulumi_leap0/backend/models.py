@@ -1,7 +1,8 @@
 """Request and response bodies of the filesystem calls, as the OpenAPI document gives them.
 
 The sandbox, mount and process bodies live in ``spec.py`` (the contract the provider shares);
-the filesystem calls are used only by the backend and the SDK, so their models live here.
+the filesystem calls are used only by the backend and the SDK, so their models live here
+(but ``spec.FileInfo``, which the runner's file calls answer too).
 """
 
 from __future__ import annotations
@@ -93,21 +94,8 @@ class WriteFileQuery(_Body):
     permissions: OctalMode = None
 
 
-class FileInfo(_Body):
-    name: str
-    path: str
-    is_dir: bool
-    size: int
-    mode: str
-    mtime: int
-    owner: str
-    group: str
-    is_symlink: bool
-    link_target: str | None = None
-
-
 class LsResponse(_Body):
-    items: list[FileInfo]
+    items: list[spec.FileInfo]
 
 
 class ExistsResponse(_Body):

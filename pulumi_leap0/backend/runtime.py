@@ -49,7 +49,7 @@ from pulumi_leap0.runner.images import BasicCredentials, Image, ImageStore, Pull
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.snapshots import SeedTooLarge
 from pulumi_leap0.runner.terminals import Terminal, input_frames
-from pulumi_leap0.runner.types import FileInfo, MountConfig, SandboxConfig, SandboxIdentity
+from pulumi_leap0.runner.types import MountConfig, SandboxConfig, SandboxIdentity
 
 __all__ = [
     "LinuxRunner",
@@ -226,19 +226,15 @@ def execute(runner: Runner, sandbox_id: str, body: spec.ExecuteRequest) -> spec.
     return spec.ExecuteResponse(exit_code=result.exit_code, stdout=result.stdout, stderr=stderr)
 
 
-def _file_info(info: FileInfo) -> models.FileInfo:
-    return models.FileInfo.model_validate(info, from_attributes=True)
-
-
 def list_dir(runner: Runner, sandbox_id: str, body: models.LsRequest) -> models.LsResponse:
     items = runner.files.list_dir(
         sandbox_id, body.path, recursive=body.recursive, exclude=list(body.exclude)
     )
-    return models.LsResponse(items=[_file_info(i) for i in items])
+    return models.LsResponse(items=items)
 
 
-def stat(runner: Runner, sandbox_id: str, body: models.PathRequest) -> models.FileInfo:
-    return _file_info(runner.files.stat(sandbox_id, body.path))
+def stat(runner: Runner, sandbox_id: str, body: models.PathRequest) -> spec.FileInfo:
+    return runner.files.stat(sandbox_id, body.path)
 
 
 def mkdir(runner: Runner, sandbox_id: str, body: models.MkdirRequest) -> None:

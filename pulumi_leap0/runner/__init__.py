@@ -64,11 +64,11 @@ if TYPE_CHECKING:
     )
     from pulumi_leap0.runner.types import (
         ExecResult,
-        FileInfo,
         MountConfig,
         SandboxConfig,
         SandboxStats,
     )
+    from pulumi_leap0.spec import FileInfo
 
 __all__ = [
     "DEFAULT_DISK_MIB",
@@ -112,7 +112,7 @@ _LAZY = {
     "Template": "pulumi_leap0.runner.templates",
     "TemplateRegistry": "pulumi_leap0.runner.templates",
     "ExecResult": "pulumi_leap0.runner.types",
-    "FileInfo": "pulumi_leap0.runner.types",
+    "FileInfo": "pulumi_leap0.spec",
     "MountConfig": "pulumi_leap0.runner.types",
     "SandboxConfig": "pulumi_leap0.runner.types",
     "SandboxStats": "pulumi_leap0.runner.types",

@@ -29,7 +29,7 @@ from pulumi_leap0.runner.cgroups import Cgroups
 from pulumi_leap0.runner.errors import FileCallAborted, FileCallError, SandboxFrozenError
 from pulumi_leap0.runner.filehelper import Call, Helper, start
 from pulumi_leap0.runner.state import SandboxState
-from pulumi_leap0.runner.types import FileInfo
+from pulumi_leap0.spec import FileInfo
 
 #: A write this small is sent with its request, in one write the helper's socket buffer
 #: takes whole, so it is never cut off by the helper's refusal to open the file.

@@ -12,7 +12,7 @@ from typing import Any
 
 from pulumi_leap0.runner.filecalls import FileHelpers, FileReader, FilesReader
 from pulumi_leap0.runner.state import Records
-from pulumi_leap0.runner.types import FileInfo
+from pulumi_leap0.spec import FileInfo
 
 
 class SandboxFiles:

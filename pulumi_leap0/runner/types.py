@@ -91,22 +91,6 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
-class FileInfo:
-    """One file as the sandbox sees it (the API's ``FileInfo``). ``mode`` is octal, e.g. 755."""
-
-    name: str
-    path: str
-    is_dir: bool
-    size: int
-    mode: str
-    mtime: int
-    owner: str
-    group: str
-    is_symlink: bool
-    link_target: str | None = None
-
-
-@dataclass(frozen=True)
 class SandboxIdentity:
     """Who a sandbox's processes are: its user (``uid`` inside), that user's home, and the
     working directory its commands start in."""

@@ -54,7 +54,7 @@ def _route(path: str, name: str, model: type[ModelT],
 
 
 _route("ls", "fs_ls", models.LsRequest, runtime.list_dir, models.LsResponse)
-_route("stat", "fs_stat", models.PathRequest, runtime.stat, models.FileInfo)
+_route("stat", "fs_stat", models.PathRequest, runtime.stat, spec.FileInfo)
 _route("mkdir", "fs_mkdir", models.MkdirRequest, runtime.mkdir, None)
 
 
