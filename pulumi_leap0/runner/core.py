@@ -15,10 +15,11 @@ This module is the lifecycle; each step it takes lives in a module of its own.
    swap) and pids limit (``cgroups.py``; a do-nothing ``NoCgroups`` where the host gives
    none), and a network namespace enforcing the policy (``network.py``; a custom policy's
    egress filter, ``egress_filter.py``, runs in a child cgroup of the sandbox's).
-3. The launch chain (``launch.py``): ``sh`` joins the cgroup, ``nsenter`` the namespace,
-   ``setpriv`` drops to the sandbox's host uid, ``bwrap`` makes the other namespaces and the
-   read-only root and installs the seccomp filter (``seccomp.py``); its payload, the
-   sandbox's "init", reports readiness and sleeps forever. The chain runs in its own
+3. The launch chain (``launch.py``): ``nsenter`` joins the namespace and drops to the
+   sandbox's host uid, the runner puts it into the cgroup before ``bwrap`` gets its options,
+   ``bwrap`` makes the other namespaces and the read-only root and installs the seccomp
+   filter (``seccomp.py``); its payload, the sandbox's "init", reports readiness and sleeps
+   forever. The chain runs in its own
    session, so the sandbox outlives the backend.
 4. Object-storage mounts (``mounts.py``).
 
