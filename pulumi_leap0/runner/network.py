@@ -32,6 +32,9 @@ header values) or None for the default, allow-all.
     Called by stop/destroy/recover after every sandbox process is dead. Idempotent.
 ``list_netns(scope) -> list[str]``
     Sandbox ids that have a namespace of this runner scope, for orphan recovery.
+``refill(scope)``
+    Called by ``Runner.start`` after each start: make namespaces ahead for the next ones, in
+    the background (``_Pool``; ``setup`` takes one when it has one, else makes its own).
 
 What each policy gets:
 
