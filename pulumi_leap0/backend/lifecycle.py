@@ -623,6 +623,8 @@ class Lifecycle:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        # uvicorn ends the process by its signal after shutdown: no atexit runs then.
+        await self._run(self.runner.close)
 
     async def _reap_forever(self) -> None:
         while True:

@@ -444,6 +444,12 @@ class Runner:
         with self._lock:
             self._locks.pop(sandbox_id, None)
 
+    def close(self) -> None:
+        """Give back what the runner holds ahead of starts (network namespaces); sandboxes
+        keep running. A later ``start`` works, and makes them again."""
+        if self._netns:
+            network.drain(self.scope)
+
     def _teardown(self, sandbox_id: str, *, keep_layer: bool) -> None:
         self._files.stop(sandbox_id)
         self._terminals.stop(sandbox_id)

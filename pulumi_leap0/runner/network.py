@@ -35,6 +35,8 @@ header values) or None for the default, allow-all.
 ``refill(scope)``
     Called by ``Runner.start`` after each start: make namespaces ahead for the next ones, in
     the background (``_Pool``; ``setup`` takes one when it has one, else makes its own).
+``drain(scope)``
+    Called by ``Runner.close``: remove the namespaces made ahead (also done at exit).
 
 What each policy gets:
 
@@ -389,13 +391,15 @@ class _Pool:
         if thread is not None:
             thread.join(timeout=30)  # it removes the one it was making
 
-    def _sweep(self) -> None:
-        """Namespaces a dead process of this scope made ahead and never gave away."""
-        prefix = f"{PREPARED_PREFIX}{self.scope}-"
+    @staticmethod
+    def _sweep() -> None:
+        """Namespaces a process that is dead now made ahead and never gave away, whatever
+        its scope (a killed backend's scope may never run again)."""
         with contextlib.suppress(OSError):
             for name in os.listdir(NETNS_DIR):
-                pid = name[len(prefix):].split("-")[0]
-                if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                parts = name[len(PREPARED_PREFIX):].split("-")
+                if (name.startswith(PREPARED_PREFIX) and len(parts) == 3
+                        and parts[1].isdigit() and not _alive(int(parts[1]))):
                     with contextlib.suppress(Exception):
                         _discard(name)
 
@@ -444,10 +448,19 @@ def prepared(scope: str) -> list[str]:
     return _pool(scope).ready()
 
 
+def drain(scope: str) -> None:
+    """Remove what ``scope`` made ahead (a runner closing); a later ``refill`` starts over."""
+    with _pools_lock:
+        pool = _pools.pop(scope, None)
+    if pool is not None:
+        pool.drain()
+
+
 @atexit.register
 def _drain_pools() -> None:
     with _pools_lock:
         pools = list(_pools.values())
+        _pools.clear()
     for pool in pools:
         pool.drain()
 
