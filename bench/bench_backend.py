@@ -1,11 +1,14 @@
 """Reference backend benchmarks: create-to-running, execute latency and GET throughput.
 
     python bench/bench_backend.py [--sandboxes 60] [--executes 200] [--clients 32] [--seconds 5]
+                                  [--steps]
 
 Starts a real ``leap0-backend serve`` on a free port with a throwaway data dir, then:
 
 * create-to-running: POST a sandbox, wait until it reports ``running``, DELETE it; one at
-  a time, so each figure is one sandbox's full boot. Median and p99.
+  a time, so each figure is one sandbox's full boot. Median and p99. ``--steps`` runs the
+  server with debug logging and prints the median of each step of the create path from its
+  log (the lifecycle's insert, runner start and state change; the runner's own steps).
 * execute: ``process/execute`` of ``true`` in one sandbox, one at a time: the whole path of
   a call (key, sandbox, the organization's share, the body, a worker thread, the runner's
   exec chain). Median and p99.
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import statistics
@@ -52,11 +56,11 @@ def _free_port() -> int:
         return port
 
 
-def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_server(data_dir: Path, port: int, level: str = "warning") -> subprocess.Popen[bytes]:
     log = (data_dir / "server.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "pulumi_leap0.backend.cli", "serve", "--port", str(port),
-         "--data-dir", str(data_dir), "--log-level", "warning"],
+         "--data-dir", str(data_dir), "--log-level", level],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
@@ -93,6 +97,21 @@ def bench_create(base_url: str, key: str, count: int) -> list[float]:
             latencies.append((time.perf_counter() - started) * 1000)
             http.delete(f"/v1/sandbox/{sandbox['id']}/").raise_for_status()
     return latencies
+
+
+_STEP_LINE = re.compile(r"leap0\.(?:runner|backend): (?:started|created) \S+: (.*)$")
+
+
+def create_steps(log_text: str, skip: int = 0) -> dict[str, float]:
+    """Median ms of each create step the server's debug log names (``--steps``)."""
+    found: dict[str, list[float]] = {}
+    for line in log_text.splitlines():
+        matched = _STEP_LINE.search(line)
+        if matched:
+            for part in matched.group(1).split(", "):
+                step, ms, _ = part.rsplit(" ", 2)
+                found.setdefault(step, []).append(float(ms))
+    return {step: statistics.median(v[skip:] or v) for step, v in found.items()}
 
 
 def bench_execute(base_url: str, key: str, count: int) -> list[float]:
@@ -175,6 +194,8 @@ def main() -> int:
     parser.add_argument("--executes", type=int, default=200)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--steps", action="store_true",
+                        help="print each create step's median (the server logs at debug)")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="processes the clients are spread over (httpx is CPU-bound)")
     args = parser.parse_args()
@@ -184,7 +205,7 @@ def main() -> int:
         # The sandboxes' own uids must traverse the data dir (bubblewrap binds from it).
         data_dir.chmod(0o711)
         port = _free_port()
-        server = _start_server(data_dir, port)
+        server = _start_server(data_dir, port, "debug" if args.steps else "warning")
         try:
             store = Store(data_dir / DB_FILE_NAME)
             key = store.create_api_key("bench")
@@ -196,6 +217,10 @@ def main() -> int:
             print(f"create-to-running over {len(latencies)} sandboxes: "
                   f"median {median:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms "
                   f"(target median < {TARGET_CREATE_MEDIAN_MS:.0f} ms)")
+            if args.steps:
+                steps = create_steps((data_dir / "server.log").read_text(errors="replace"))
+                print("  create steps, medians: "
+                      + ", ".join(f"{k} {v:.1f} ms" for k, v in steps.items()))
 
             calls = bench_execute(base_url, key, args.executes)
             print(f"execute `true` over {len(calls)} calls: "

@@ -2,7 +2,8 @@
 
 Start latency is measured from ``Runner.start`` being called to the first command's output
 having come back (``start`` + ``exec("true")``), and separately ``start`` alone, over
-``N`` sandboxes started one after another. Target: start median < 50 ms.
+``N`` sandboxes started one after another, with the median of each of its steps (the
+runner's debug log, ``state.Steps``). Target: start median < 50 ms.
 
 Host-side memory per idle sandbox: what the host spends beyond the sandbox's own
 processes. The sandbox's own processes are charged to its cgroup (``memory`` in the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import shutil
 import statistics
@@ -70,6 +72,24 @@ def filtered(on: bool) -> Iterator[None]:
         yield
     finally:
         seccomp.AVAILABLE = saved
+
+
+class StepTimes(logging.Handler):
+    """The per-step times ``Runner.start`` logs at debug level (``state.Steps``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.steps: dict[str, list[float]] = {}
+        log = logging.getLogger("leap0.runner")
+        log.setLevel(logging.DEBUG)
+        log.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for step, ms in getattr(record, "steps", {}).items():
+            self.steps.setdefault(step, []).append(ms)
+
+    def medians(self) -> str:
+        return ", ".join(f"{step} {statistics.median(v):.2f}" for step, v in self.steps.items())
 
 
 def identity_costs(tmp: Path, rounds: int) -> None:
@@ -199,6 +219,7 @@ def main() -> int:
         identity_costs(Path(tmp), int(sys.argv[2]) if len(sys.argv) > 2 else max(10, n // 2))
 
         time.sleep(0.5)
+        steps = StepTimes()
         avail_before = mem_available_kib()
         ids: list[str] = []
         start_only: list[float] = []
@@ -231,6 +252,7 @@ def main() -> int:
               f"p99 {pct(start_only, 0.99):6.1f} ms")
         print(f"start -> first output: median {statistics.median(to_first):6.1f} ms   "
               f"p99 {pct(to_first, 0.99):6.1f} ms")
+        print(f"  its steps, medians (ms): {steps.medians()}")
         print(f"destroy():             mean   {destroy_ms:6.1f} ms")
         print(f"memory: host used {used / 1024:.1f} MiB for {n} idle sandboxes, "
               f"{charged / 1024:.1f} MiB charged to their cgroups")

@@ -154,6 +154,7 @@ class Lifecycle:
     # --- Create -------------------------------------------------------------------------------
 
     async def create(self, org_id: str, request: spec.SandboxCreateRequest) -> SandboxRecord:
+        began = time.monotonic()
         # The caller's own templates and the system ones; never another organization's.
         template = self.store.template_named(org_id, request.template_name)
         if template is not None:
@@ -178,10 +179,13 @@ class Lifecycle:
             ) from None
         except NoCapacity:
             raise _no_capacity(request.memory) from None
-        return await self._launch(record)
+        return await self._launch(record, began=began)
 
-    async def _launch(self, record: SandboxRecord, seed: Path | None = None) -> SandboxRecord:
-        """Boot a sandbox just inserted (``starting``), seeded with a snapshot's files."""
+    async def _launch(self, record: SandboxRecord, seed: Path | None = None, *,
+                      began: float | None = None) -> SandboxRecord:
+        """Boot a sandbox just inserted (``starting``), seeded with a snapshot's files.
+        ``began``: when the request's own work began, for the debug log's step times."""
+        inserted = time.monotonic()
         async with self._lock(record.id):
             try:
                 await self._run(self.runner.start, self._config(record, seed=seed))
@@ -198,10 +202,17 @@ class Lifecycle:
                     # The one part of a valid request that can fail on the outside world.
                     raise invalid("mounts", f"could not be attached: {exc}") from None
                 raise ApiError(503, "the sandbox could not be started") from None
+            started = time.monotonic()
             self.store.set_state(
                 record.id, S.RUNNING, launched=True, deadline_ts=time.time() + record.timeout
             )
-        return self._reload(record.id)
+        done = self._reload(record.id)
+        if log.isEnabledFor(logging.DEBUG):
+            ms = {"insert": inserted - (began or inserted), "start": started - inserted,
+                  "running": time.monotonic() - started}
+            log.debug("created %s: %s", record.id,
+                      ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in ms.items()))
+        return done
 
     def _config(self, record: SandboxRecord, *,
                 seed: Path | None = None) -> runtime.SandboxConfig:
@@ -612,6 +623,8 @@ class Lifecycle:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        # uvicorn ends the process by its signal after shutdown: no atexit runs then.
+        await self._run(self.runner.close)
 
     async def _reap_forever(self) -> None:
         while True:

@@ -15,10 +15,11 @@ This module is the lifecycle; each step it takes lives in a module of its own.
    swap) and pids limit (``cgroups.py``; a do-nothing ``NoCgroups`` where the host gives
    none), and a network namespace enforcing the policy (``network.py``; a custom policy's
    egress filter, ``egress_filter.py``, runs in a child cgroup of the sandbox's).
-3. The launch chain (``launch.py``): ``sh`` joins the cgroup, ``nsenter`` the namespace,
-   ``setpriv`` drops to the sandbox's host uid, ``bwrap`` makes the other namespaces and the
-   read-only root and installs the seccomp filter (``seccomp.py``); its payload, the
-   sandbox's "init", reports readiness and sleeps forever. The chain runs in its own
+3. The launch chain (``launch.py``): ``nsenter`` joins the namespace and drops to the
+   sandbox's host uid, the runner puts it into the cgroup before ``bwrap`` gets its options,
+   ``bwrap`` makes the other namespaces and the read-only root and installs the seccomp
+   filter (``seccomp.py``); its payload, the sandbox's "init", reports readiness and sleeps
+   forever. The chain runs in its own
    session, so the sandbox outlives the backend.
 4. Object-storage mounts (``mounts.py``).
 
@@ -79,7 +80,7 @@ from pulumi_leap0.runner.exec import DEFAULT_EXEC_TIMEOUT_S, run_command
 from pulumi_leap0.runner.git import SandboxGit
 from pulumi_leap0.runner.images import ImageStore
 from pulumi_leap0.runner.sandboxfiles import SandboxFiles
-from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, check_id
+from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, Steps, check_id
 from pulumi_leap0.runner.templates import Template, TemplateRegistry
 from pulumi_leap0.runner.types import (
     ExecResult,
@@ -212,8 +213,9 @@ class Runner:
             if existing is not None and existing.running:
                 raise RunnerError("the sandbox is already running")
             layer_existed = (self._records.runtime(config.id) / "layer").is_dir()
+            steps = Steps()
             try:
-                self._boot(config, template, existing)
+                self._boot(config, template, existing, steps)
             except BaseException as exc:
                 self._teardown(config.id, keep_layer=layer_existed)
                 if not layer_existed:
@@ -223,11 +225,16 @@ class Runner:
                 if isinstance(exc, (OSError, subprocess.SubprocessError, ValueError)):
                     raise RunnerError(f"could not start the sandbox: {exc}") from exc
                 raise
+            finally:
+                if self._netns:
+                    network.refill(self.scope)  # after the start: it competes for the CPU
+            log.debug("started %s: %s", config.id, steps, extra={"steps": steps.times})
 
     def _boot(self, config: SandboxConfig, template: Template,
-              kept: SandboxState | None) -> None:
+              kept: SandboxState | None, steps: Steps) -> None:
         """``kept``: the record of a stopped sandbox, if any (its layer may be kept)."""
         owner = self._host_identity(config.id, kept)
+        steps("uid")
         state_dir, rt = self._records.state_dir(config.id), self._records.runtime(config.id)
         # Root's alone: state.json and bwrap.args hold env values, init.log what the chain
         # said, and nothing that runs as another uid needs a path below.
@@ -244,6 +251,7 @@ class Runner:
                                     privileged=self._privileged)
         etc = identity.write_etc(rt, config.id, template)
         staging = layer.make_staging(rt, privileged=self._privileged)
+        steps("layer")
 
         rel = self._cg(config.id)
         self._cgroups.remove(rel)  # leftovers of a crashed earlier run
@@ -254,11 +262,13 @@ class Runner:
                            timeout=spec.SNAPSHOT_TIMEOUT_S, image=bool(template.image))
         root = (layer.make_root(rt, writable, template, owner, privileged=self._privileged)
                 if template.image else None)
+        steps("cgroup")
         net: network.NetworkHandle | None = None
         if self._netns:
             net = network.setup(config.id, config.network_policy, state_dir, scope=self.scope,
                                 egress=self.egress, bind_dir=rt,
                                 cgroup=self._filter_cgroup(config.id, config.network_policy))
+        steps("network")
 
         env = {**template.base_env(), **config.env, **(net.extra_env if net else {})}
         box = SandboxState(id=config.id, template=template.name, user=template.user,
@@ -271,6 +281,7 @@ class Runner:
                 sandbox_id=config.id, template=template, etc_dir=etc, layer=writable,
                 staging=staging, env=env, network=net, runner_dir=self.root_dir, fd=fds,
                 seccomp=self._seccomp, root=root)
+            steps("options")
             booting = launch.spawn(options, state_dir=state_dir,
                                    cgroup_procs=self._cgroups.procs_files(rel),
                                    netns_path=net.netns_path if net else None,
@@ -278,10 +289,13 @@ class Runner:
             with self._lock:
                 self._procs[box.id] = booting.proc
             box.outer_pid = booting.proc.pid
+            steps("spawn")
             box.init_pid, box.init_start = booting.wait()
+            steps("ready")
         self._records.put(box)
         for mount in config.mounts:
             mounts.attach(self._mount_handle(box), mount)
+        steps("record")
 
     def _host_identity(self, sandbox_id: str,
                        kept: SandboxState | None) -> identity.HostIdentity:
@@ -364,6 +378,12 @@ class Runner:
             self._remove(sandbox_id)
         with self._lock:
             self._locks.pop(sandbox_id, None)
+
+    def close(self) -> None:
+        """Give back what the runner holds ahead of starts (network namespaces); sandboxes
+        keep running. A later ``start`` works, and makes them again."""
+        if self._netns:
+            network.drain(self.scope)
 
     def _teardown(self, sandbox_id: str, *, keep_layer: bool) -> None:
         self._files.stop(sandbox_id)

@@ -1,24 +1,34 @@
 """The launch chain: how a sandbox's first process comes to be.
 
-One chain of programs, started from a clean environment (``sysutil.HOST_ENV``), each link doing one
-thing and then becoming the next (``exec``), so bubblewrap is the very process that joined
-the cgroups and everything it starts, the sandbox's init first, is born inside them:
+One short chain of programs, started from a clean environment (``sysutil.HOST_ENV``), each
+link doing one thing and then becoming the next (``exec``), so bubblewrap is the very
+process the runner put into the cgroups and everything it starts, the sandbox's init
+first, is born inside them:
 
-1. ``sh -c JOIN leap0-join <cgroup.procs>... --`` writes its own pid into the sandbox's
-   cgroups, so every later process, user code included, is inside the limits from its
-   first instruction (``join_cgroups``);
-2. ``nsenter --net=<netns> --`` joins the sandbox's network namespace (``enter_netns``);
-3. ``setpriv --reuid --regid --clear-groups --`` drops to the sandbox's host uid
-   (``drop_to``);
-4. ``bwrap --args <fd> -- /bin/sh -c INIT`` makes the user, PID, mount, IPC, UTS and cgroup
-   namespaces and the read-only root (``bwrap``). Its options come from a file
-   (``write_args``), so host paths do not show up in the sandbox's ``ps``, and name host
-   paths by open fds (``HostFds``). ``bwrap_options`` builds them.
+1. ``nsenter --net=<netns> --setuid --setgid --`` joins the sandbox's network namespace and
+   drops to the sandbox's host uid, with no supplementary groups (``enter_netns``; without
+   a named netns, ``setpriv --reuid --regid --clear-groups --``, ``drop_to``);
+2. ``bwrap --args <fd> -- /bin/sh -c INIT`` makes the user, PID, mount, IPC, UTS and cgroup
+   namespaces and the read-only root (``bwrap``). Its options come on a pipe (``--args``),
+   so host paths do not show up in the sandbox's ``ps``, and name host paths by open fds
+   (``HostFds``). ``bwrap_options`` builds them.
+
+The cgroups: ``spawn`` writes the chain's pid into the sandbox's ``cgroup.procs`` files
+while that process waits for its options, and only then sends them. bubblewrap reads them
+before it makes any namespace or process, so it is in the limits before the sandbox's
+first process exists (``join``), and a chain that could not join never gets its options
+and is killed. One process start (and two ``execve``) instead of four: this is on every
+sandbox's start path. What stays costly is the move itself: the first write to a
+``cgroup.procs`` waits for an RCU grace period (the kernel's ``cgroup_threadgroup_rwsem``,
+6-15 ms on our 2-core VMs; the others then take microseconds). It overlaps the chain's
+``execve``s; ``favordynmods`` on the host's cgroup mounts, or ``CLONE_INTO_CGROUP`` on v2,
+would avoid it.
 
 Every link is a function that returns its argv, so the chain can be read and tested without
 root; ``init_argv`` joins them and ``spawn`` runs the result. The exec path (``exec.py``)
-uses ``join_cgroups`` too. The seccomp filter (``seccomp.py``) is one more bubblewrap
-option, ``--seccomp <fd>``: bubblewrap installs it right before it executes the init.
+joins with ``join_cgroups``, a shell link, since its chain has no pipe to wait on. The
+seccomp filter (``seccomp.py``) is one more bubblewrap option, ``--seccomp <fd>``:
+bubblewrap installs it right before it executes the init.
 """
 
 from __future__ import annotations
@@ -61,8 +71,10 @@ def join_cgroups(procs_files: Sequence[Path]) -> list[str]:
     return ["/bin/sh", "-c", JOIN, "leap0-join", *(str(p) for p in procs_files), "--"]
 
 
-def enter_netns(netns_path: Path) -> list[str]:
-    return ["nsenter", f"--net={netns_path}", "--"]
+def enter_netns(netns_path: Path, identity: HostIdentity) -> list[str]:
+    drop = ([f"--setuid={identity.uid}", f"--setgid={identity.gid}"] if identity.dedicated
+            else [])
+    return ["nsenter", f"--net={netns_path}", *drop, "--"]
 
 
 def drop_to(identity: HostIdentity) -> list[str]:
@@ -71,20 +83,28 @@ def drop_to(identity: HostIdentity) -> list[str]:
 
 
 def bwrap(args_fd: int) -> list[str]:
-    # Options from the file; the command must follow on the real command line.
+    # Options from the pipe; the command must follow on the real command line.
     return ["bwrap", "--args", str(args_fd), "--", "/bin/sh", "-c", INIT]
 
 
-def init_argv(*, cgroup_procs: Sequence[Path], netns_path: Path | None,
-              identity: HostIdentity, args_fd: int) -> list[str]:
+def init_argv(*, netns_path: Path | None, identity: HostIdentity, args_fd: int) -> list[str]:
     """The whole chain. Without a named netns bubblewrap unshares the network itself;
     without root there is no uid to drop to."""
-    argv = join_cgroups(cgroup_procs)
     if netns_path is not None:
-        argv += enter_netns(netns_path)
+        return enter_netns(netns_path, identity) + bwrap(args_fd)
     if identity.dedicated:
-        argv += drop_to(identity)
-    return argv + bwrap(args_fd)
+        return drop_to(identity) + bwrap(args_fd)
+    return bwrap(args_fd)
+
+
+def join(pid: int, procs_files: Sequence[Path]) -> None:
+    """Put process ``pid`` (and so all it will start) into every cgroup of ``procs_files``."""
+    for procs in procs_files:
+        fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
 
 
 # --- bubblewrap's options -------------------------------------------------------------------
@@ -224,11 +244,9 @@ def _finish(a: list[str], template: Template, env: Mapping[str, str], fd: HostFd
     return a
 
 
-def write_args(path: Path, options: Sequence[str]) -> None:
-    """bubblewrap's ``--args`` format: NUL-terminated strings. 0600: it holds env values."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(b"".join(x.encode() + b"\0" for x in options))
+def encode_args(options: Sequence[str]) -> bytes:
+    """bubblewrap's ``--args`` format: NUL-terminated strings."""
+    return b"".join(x.encode() + b"\0" for x in options)
 
 
 # --- Running the chain ----------------------------------------------------------------------
@@ -288,29 +306,38 @@ def spawn(options: Sequence[str], *, state_dir: Path, cgroup_procs: Sequence[Pat
     """Start the chain in a session of its own, so it does not die with the backend (no
     ``--die-with-parent`` for the init, on purpose). It stays a direct child of this process
     rather than being double-forked: on hosts whose pid 1 does not reap orphans (like our CI
-    VMs) a double-forked sandbox would leave a zombie behind on every destroy."""
+    VMs) a double-forked sandbox would leave a zombie behind on every destroy.
+
+    bubblewrap gets its options only once the chain is in the cgroups (module docstring)."""
     info_r, info_w = os.pipe()
     ready_r, ready_w = os.pipe()
-    args_path = state_dir / "bwrap.args"
-    args_fd = -1
+    args_r, args_w = os.pipe()
     try:
-        write_args(args_path, [*options, "--info-fd", str(info_w)])
-        args_fd = os.open(args_path, os.O_RDONLY)
-        argv = init_argv(cgroup_procs=cgroup_procs, netns_path=netns_path, identity=identity,
-                         args_fd=args_fd)
+        argv = init_argv(netns_path=netns_path, identity=identity, args_fd=args_r)
         log_path = state_dir / "init.log"
         with open(log_path, "ab") as errlog:
             proc = subprocess.Popen(
                 argv, env=sysutil.HOST_ENV, stdin=subprocess.DEVNULL, stdout=ready_w, stderr=errlog,
-                pass_fds=(info_w, args_fd, *fds.fds), start_new_session=True, cwd="/",
+                pass_fds=(info_w, args_r, *fds.fds), start_new_session=True, cwd="/",
             )
+        os.close(args_r)
+        args_r = -1
+        try:
+            join(proc.pid, cgroup_procs)
+        except OSError as exc:
+            proc.kill()
+            proc.wait()
+            raise RunnerError("could not join the sandbox's cgroup") from exc
+        # A chain that died before reading them says why in its log (``Booting.wait``).
+        with contextlib.suppress(BrokenPipeError), os.fdopen(args_w, "wb") as pipe:
+            args_w = -1
+            pipe.write(encode_args([*options, "--info-fd", str(info_w)]))
     except BaseException:
         os.close(info_r)
         os.close(ready_r)
         raise
     finally:
-        os.close(info_w)
-        os.close(ready_w)
-        if args_fd >= 0:
-            os.close(args_fd)
+        for fd in (info_w, ready_w, args_r, args_w):
+            if fd >= 0:
+                os.close(fd)
     return Booting(proc, info_r, ready_r, log_path)

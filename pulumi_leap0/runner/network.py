@@ -32,6 +32,11 @@ header values) or None for the default, allow-all.
     Called by stop/destroy/recover after every sandbox process is dead. Idempotent.
 ``list_netns(scope) -> list[str]``
     Sandbox ids that have a namespace of this runner scope, for orphan recovery.
+``refill(scope)``
+    Called by ``Runner.start`` after each start: make namespaces ahead for the next ones, in
+    the background (``_Pool``; ``setup`` takes one when it has one, else makes its own).
+``drain(scope)``
+    Called by ``Runner.close``: remove the namespaces made ahead (also done at exit).
 
 What each policy gets:
 
@@ -65,12 +70,17 @@ nobody else. When it was already on, forwarding is the operator's and left alone
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import ipaddress
+import logging
 import os
 import re
+import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -82,8 +92,14 @@ from pulumi_leap0.runner import egress_filter, sysutil
 from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, EgressConfig
 from pulumi_leap0.runner.errors import RunnerError
 
+log = logging.getLogger("leap0.runner")
+
 NETNS_DIR = Path("/run/netns")
 PREFIX = "leap0-"
+#: Names of namespaces made ahead (``_Pool``), ``leap0p-<scope>-<pid>-<n>``: never a sandbox's.
+PREPARED_PREFIX = "leap0p-"
+#: How many a runner scope keeps made ahead, connected (a veth) and loopback only.
+PREPARED = {True: 2, False: 1}
 IP = "ip"
 NFT = "nft"
 #: The sandbox's trust bundle, where the CA of transform domains is: inside every sandbox
@@ -237,19 +253,20 @@ def _free_slot(name: str) -> ipaddress.IPv4Network:
     raise RunnerError(f"no free address left in {SANDBOX_NET} for a sandbox network")
 
 
-def _connect(name: str) -> None:
-    """veth to the host, default route through it, NAT out (allow-all); IPv4 only."""
+def _connect(name: str, *, host_up: bool = True) -> None:
+    """veth to the host, default route through it, NAT out (allow-all); IPv4 only. A
+    namespace made ahead keeps its host end down until a sandbox takes it (``_adopt``)."""
     host_if, sandbox_if = _veth_names(name)
     subnet = _free_slot(name)
     host_ip, sandbox_ip = subnet.network_address + 1, subnet.network_address + 2
     # Interfaces made in the namespace from now on (its eth0) get no IPv6; its loopback,
     # made with it, keeps ::1.
     _in_netns(NETNS_DIR / name, lambda: _disable_ipv6(Path(_DEFAULT_IPV6_SWITCH)))
-    # Two `ip -batch` runs instead of seven `ip` runs: this is on every sandbox's start path.
+    # Two `ip -batch` runs instead of seven `ip` runs.
     host_side = (f"link add {host_if} group {VETH_GROUP} type veth peer name {sandbox_if} "
                  f"netns {name}\n"
                  f"addr add {host_ip}/30 dev {host_if}\n"
-                 f"link set {host_if} up\n")
+                 + (f"link set {host_if} up\n" if host_up else ""))
     sandbox_side = (f"link set {sandbox_if} name eth0\n"
                     f"addr add {sandbox_ip}/30 dev eth0\n"
                     "link set eth0 up\n"
@@ -260,9 +277,217 @@ def _connect(name: str) -> None:
         if done.returncode != 0:
             raise RunnerError(f"could not connect the sandbox network: {done.stderr.strip()}")
         if not prefix:
-            # Before the sandbox end is up: a veth has no carrier, so no address, until then.
+            # Before the host end is up: a veth has no carrier, so no address, until then.
             _disable_ipv6(Path(f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"))
     install_host_rules()
+
+
+def _make(name: str, connected: bool, *, host_up: bool = True) -> None:
+    """A new namespace ``name``, its loopback up and, ``connected``, its veth."""
+    made = _ip("netns", "add", name)
+    if made.returncode != 0:
+        raise RunnerError(f"could not create network namespace: {made.stderr.strip()}")
+    up = _ip("-n", name, "link", "set", "lo", "up")
+    if up.returncode != 0:
+        raise RunnerError(f"could not bring up loopback: {up.stderr.strip()}")
+    if connected:
+        _connect(name, host_up=host_up)
+
+
+# --- Namespaces made ahead ------------------------------------------------------------------
+#
+# Making a namespace and its veth takes five `ip` runs, most of a start's network cost. So
+# each runner scope keeps a few made ahead (``PREPARED``), by a thread of its own between
+# starts: exactly what ``_make`` gives a sandbox, under a name no sandbox has, its host end
+# down. ``setup`` takes one out of the pool for good (nothing is ever put back), names it the
+# sandbox's (a bind mount of the namespace file, the old name unmounted), names its host end
+# the sandbox's and brings it up; from then on it is that sandbox's alone and goes with it
+# (``teardown``). A namespace is made for one sandbox and never serves another. The pool is
+# the runner's, not an organization's: nothing of it is in the store or counts against a
+# quota. What is left at exit is removed (``atexit``); what a killed process left, by the
+# next pool of its scope (the process id in the name is dead).
+
+_SIOCSIFNAME, _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8923, 0x8913, 0x8914, 0x1
+
+
+def _rename_up(old: str, new: str) -> None:
+    """Rename a (down) host interface and bring it up: two ioctls, no process."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, _SIOCSIFNAME, struct.pack("16s16s8x", old.encode(), new.encode()))
+        got = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sH22x", new.encode(), 0))
+        flags = struct.unpack("16sH22x", got)[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", new.encode(), flags | _IFF_UP))
+
+
+def _move_netns(src: Path, dst: Path) -> None:
+    """The namespace at ``src`` at ``dst`` instead (as ``ip netns attach`` names one)."""
+    os.close(os.open(dst, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    try:
+        sysutil.mount(str(src), dst, None, sysutil.MS_BIND)
+    except OSError:
+        os.unlink(dst)
+        raise
+    sysutil.umount(src)
+    os.unlink(src)
+
+
+def _discard(name: str) -> None:
+    host_if, _ = _veth_names(name)
+    if Path(f"/sys/class/net/{host_if}").exists():
+        _ip("link", "delete", host_if)
+    if (NETNS_DIR / name).exists():
+        _ip("netns", "delete", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+class _Pool:
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self._cond = threading.Condition()
+        self._ready: dict[bool, list[str]] = {True: [], False: []}
+        self._made = 0
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def take(self, connected: bool) -> str | None:
+        with self._cond:
+            ready = self._ready[connected]
+            return ready.pop(0) if ready else None
+
+    def ready(self) -> list[str]:
+        with self._cond:
+            return [*self._ready[True], *self._ready[False]]
+
+    def refill(self) -> None:
+        with self._cond:
+            if self._stopped:
+                return
+            if self._thread is None:
+                self._sweep()
+                self._thread = threading.Thread(target=self._fill, name="leap0-netns-pool",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def drain(self) -> None:
+        with self._cond:
+            self._stopped = True
+            names = self._ready[True] + self._ready[False]
+            self._ready = {True: [], False: []}
+            self._cond.notify()
+            thread = self._thread
+        for name in names:
+            with contextlib.suppress(Exception):
+                _discard(name)
+        if thread is not None and thread.native_id is not None:
+            with contextlib.suppress(OSError):  # its current one made at full speed
+                os.setpriority(os.PRIO_PROCESS, thread.native_id, 0)
+            thread.join(timeout=10)  # it removes the one it was making
+
+    @staticmethod
+    def _sweep() -> None:
+        """Namespaces a process that is dead now made ahead and never gave away, whatever
+        its scope (a killed backend's scope may never run again)."""
+        with contextlib.suppress(OSError):
+            for name in os.listdir(NETNS_DIR):
+                parts = name[len(PREPARED_PREFIX):].split("-")
+                if (name.startswith(PREPARED_PREFIX) and len(parts) == 3
+                        and parts[1].isdigit() and not _alive(int(parts[1]))):
+                    with contextlib.suppress(Exception):
+                        _discard(name)
+
+    def _fill(self) -> None:
+        # Niceness is per thread on Linux and the `ip` runs inherit it: making namespaces
+        # ahead yields the CPU to the sandboxes just started and to the calls they get.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while True:
+            with self._cond:
+                while not self._stopped and all(
+                        len(self._ready[kind]) >= n for kind, n in PREPARED.items()):
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                connected = len(self._ready[True]) < PREPARED[True]
+                self._made += 1
+                name = f"{PREPARED_PREFIX}{self.scope}-{os.getpid()}-{self._made}"
+            try:
+                _make(name, connected, host_up=False)
+            except Exception as exc:  # starts make their own again; say why, once
+                log.warning("no network namespaces made ahead: %s", exc)
+                with self._cond:
+                    self._stopped = True
+            with self._cond:
+                if not self._stopped:
+                    self._ready[connected].append(name)
+                    continue
+            with contextlib.suppress(Exception):
+                _discard(name)
+            return
+
+
+_pools: dict[str, _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(scope: str) -> _Pool:
+    with _pools_lock:
+        return _pools.setdefault(scope, _Pool(scope))
+
+
+def refill(scope: str) -> None:
+    """Make namespaces ahead for ``scope``'s next starts, in the background."""
+    _pool(scope).refill()
+
+
+def prepared(scope: str) -> list[str]:
+    """The namespaces ``scope`` has made ahead and not given away yet, by name."""
+    return _pool(scope).ready()
+
+
+def drain(scope: str) -> None:
+    """Remove what ``scope`` made ahead (a runner closing); a later ``refill`` starts over."""
+    with _pools_lock:
+        pool = _pools.pop(scope, None)
+    if pool is not None:
+        pool.drain()
+
+
+@atexit.register
+def _drain_pools() -> None:
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.drain()
+
+
+def _adopt(taken: str | None, name: str, connected: bool) -> bool:
+    """Make ``taken``, a namespace made ahead, the sandbox's ``name``; False without one."""
+    if taken is None:
+        return False
+    try:
+        _move_netns(NETNS_DIR / taken, NETNS_DIR / name)
+    except OSError as exc:
+        log.warning("a network namespace made ahead could not be used: %s", exc)
+        with contextlib.suppress(Exception):
+            _discard(taken)
+        return False
+    if connected:
+        try:
+            _rename_up(_veth_names(taken)[0], _veth_names(name)[0])
+        except OSError as exc:
+            raise RunnerError(f"could not connect the sandbox network: {exc}") from exc
+    return True
 
 
 def _disable_ipv6(switch: Path) -> None:
@@ -354,16 +579,11 @@ def setup(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir: Path, *
     if path.exists():
         # Left over from a crash between setup and teardown: start from a clean namespace.
         teardown(sandbox_id, scope=scope, state_dir=state_dir)
-    made = _ip("netns", "add", name)
-    if made.returncode != 0:
-        raise RunnerError(f"could not create network namespace: {made.stderr.strip()}")
+    mode = _mode(policy)
+    connected = mode in ("allow-all", "custom")
     try:
-        up = _ip("-n", name, "link", "set", "lo", "up")
-        if up.returncode != 0:
-            raise RunnerError(f"could not bring up loopback: {up.stderr.strip()}")
-        mode = _mode(policy)
-        if mode in ("allow-all", "custom"):
-            _connect(name)
+        if not _adopt(_pool(scope).take(connected), name, connected):
+            _make(name, connected)
         if policy is not None and mode == "custom":
             return _filter(name, path, policy, state_dir, bind_dir or state_dir,
                            egress or EgressSettings(), cgroup)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -138,3 +139,20 @@ class Records:
                 found.update(e.name for e in os.scandir(d)
                              if e.is_dir(follow_symlinks=False) and SANDBOX_ID.match(e.name))
         return sorted(found)
+
+
+class Steps:
+    """Monotonic time spent in each step of one call, in ms, for the debug log (whose
+    record carries them as ``steps``, which ``bench/`` reads)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def __call__(self, step: str) -> None:
+        now = time.monotonic()
+        self.times[step] = self.times.get(step, 0.0) + (now - self._last) * 1000
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {ms:.1f} ms" for step, ms in self.times.items())

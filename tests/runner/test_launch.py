@@ -21,24 +21,36 @@ SANDBOX_UID = HostIdentity(uid=2_000_001_000, gid=2_000_001_000, dedicated=True)
 RUNNER_UID = HostIdentity(uid=os.geteuid(), gid=os.getegid(), dedicated=False)
 
 
-def test_the_chain_joins_enters_drops_then_runs_bubblewrap() -> None:
-    argv = launch.init_argv(cgroup_procs=[Path("/cg/cpu/x/cgroup.procs"),
-                                          Path("/cg/memory/x/cgroup.procs")],
-                            netns_path=Path("/run/netns/leap0-s-x"), identity=SANDBOX_UID,
+def test_the_chain_enters_and_drops_then_runs_bubblewrap() -> None:
+    argv = launch.init_argv(netns_path=Path("/run/netns/leap0-s-x"), identity=SANDBOX_UID,
                             args_fd=7)
     assert argv == [
-        "/bin/sh", "-c", launch.JOIN, "leap0-join",
-        "/cg/cpu/x/cgroup.procs", "/cg/memory/x/cgroup.procs", "--",
-        "nsenter", "--net=/run/netns/leap0-s-x", "--",
+        "nsenter", "--net=/run/netns/leap0-s-x", "--setuid=2000001000", "--setgid=2000001000",
+        "--", "bwrap", "--args", "7", "--", "/bin/sh", "-c", launch.INIT,
+    ]
+
+
+def test_without_a_netns_the_chain_drops_with_setpriv() -> None:
+    argv = launch.init_argv(netns_path=None, identity=SANDBOX_UID, args_fd=7)
+    assert argv == [
         "setpriv", "--reuid=2000001000", "--regid=2000001000", "--clear-groups", "--",
         "bwrap", "--args", "7", "--", "/bin/sh", "-c", launch.INIT,
     ]
 
 
-def test_without_a_netns_or_root_the_chain_only_joins_and_runs_bubblewrap() -> None:
-    argv = launch.init_argv(cgroup_procs=[], netns_path=None, identity=RUNNER_UID, args_fd=3)
-    assert argv == ["/bin/sh", "-c", launch.JOIN, "leap0-join", "--",
-                    "bwrap", "--args", "3", "--", "/bin/sh", "-c", launch.INIT]
+def test_without_a_netns_or_root_the_chain_is_bubblewrap_alone() -> None:
+    argv = launch.init_argv(netns_path=None, identity=RUNNER_UID, args_fd=3)
+    assert argv == ["bwrap", "--args", "3", "--", "/bin/sh", "-c", launch.INIT]
+
+
+def test_join_writes_the_pid_into_every_cgroup(tmp_path: Path) -> None:
+    procs = [tmp_path / "cpu.procs", tmp_path / "memory.procs"]
+    for p in procs:
+        p.write_text("")
+    launch.join(4242, procs)
+    assert [p.read_text() for p in procs] == ["4242", "4242"]
+    with pytest.raises(OSError):
+        launch.join(4242, [tmp_path / "missing" / "cgroup.procs"])
 
 
 def test_join_puts_the_command_itself_into_every_cgroup(tmp_path: Path) -> None:
@@ -61,11 +73,9 @@ def test_join_runs_nothing_when_a_cgroup_cannot_be_joined(tmp_path: Path) -> Non
     assert not marker.exists()
 
 
-def test_the_args_file_holds_each_option_whole_and_only_for_us(tmp_path: Path) -> None:
-    path = tmp_path / "bwrap.args"
-    launch.write_args(path, ["--setenv", "GREETING", "hello world\nsecond line", "--chdir", "/"])
-    assert path.read_bytes() == b"--setenv\0GREETING\0hello world\nsecond line\0--chdir\0/\0"
-    assert path.stat().st_mode & 0o777 == 0o600
+def test_the_args_hold_each_option_whole() -> None:
+    data = launch.encode_args(["--setenv", "GREETING", "hello world\nsecond line", "--chdir", "/"])
+    assert data == b"--setenv\0GREETING\0hello world\nsecond line\0--chdir\0/\0"
 
 
 def _inputs(tmp_path: Path) -> tuple[Template, Path, Path]:

@@ -6,6 +6,7 @@ behind a veth to the host at 10.250.x.x: traffic never leaves this machine.
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -141,3 +142,61 @@ def test_destroy_removes_the_veth(runner: Runner, sandboxes: Sandboxes) -> None:
     runner.destroy(box)
     assert not Path(f"/sys/class/net/{host_if}").exists()
     assert leftovers(runner, box) == []
+
+
+LEFTOVER = "192.0.2.77/32"
+
+
+def _netns_inode(runner: Runner, box: str) -> int:
+    record = runner._records.get(box)
+    assert record is not None
+    return os.stat(f"/proc/{record.init_pid}/ns/net").st_ino
+
+
+def _made_ahead(runner: Runner, want: int) -> dict[int, str]:
+    """The namespaces made ahead for the runner's scope, by inode, once ``want`` are."""
+    network.refill(runner.scope)
+    deadline = time.monotonic() + 30
+    while len(network.prepared(runner.scope)) < want:
+        assert time.monotonic() < deadline, "no namespaces were made ahead"
+        time.sleep(0.05)
+    return {os.stat(network.NETNS_DIR / n).st_ino: n for n in network.prepared(runner.scope)}
+
+
+def test_a_namespace_made_ahead_serves_one_sandbox_and_goes_with_it(
+    runner: Runner, sandboxes: Sandboxes, test_host: Host
+) -> None:
+    """The warm pool never hands a sandbox's leftovers to another: each namespace made ahead
+    is taken by one sandbox, is never among those made ahead again, and is gone with it."""
+    require_capability(runner, "network_namespaces", "network_policy")
+    ahead = _made_ahead(runner, sum(network.PREPARED.values()))
+    first = sandboxes.start(network_policy=policy("allow-all"))
+    inode = _netns_inode(runner, first)
+    assert inode in ahead, "the sandbox did not get a namespace made ahead"
+    assert ahead[inode] not in network.prepared(runner.scope)
+    assert probe(runner, first, "tcp", test_host.address, test_host.http_port).startswith("HTTP")
+    # What a tenant could leave in a namespace, had it the rights: the test, as root, can.
+    name = network.netns_name(first, runner.scope)
+    subprocess.run(["ip", "-n", name, "addr", "add", LEFTOVER, "dev", "lo"], check=True)
+    # Held open, the namespace cannot be freed, so its inode number names it alone.
+    held = os.open(network.NETNS_DIR / name, os.O_RDONLY)
+    try:
+        runner.destroy(first)
+        assert leftovers(runner, first) == []
+        seen = {inode}
+        for mode in ("allow-all", "deny-all", "allow-all", "custom", "allow-all", "deny-all"):
+            now = _made_ahead(runner, 1)
+            assert inode not in now
+            box = sandboxes.start(network_policy=policy(mode))
+            mine = _netns_inode(runner, box)
+            assert mine not in seen, f"a {mode} sandbox got a namespace used before"
+            seen.add(mine)
+            addrs = subprocess.run(["ip", "-n", network.netns_name(box, runner.scope), "-o",
+                                    "addr", "show"], capture_output=True, text=True,
+                                   check=True).stdout
+            assert LEFTOVER not in addrs
+        # The held namespace is no sandbox's and no pool's any more.
+        assert all(os.stat(network.NETNS_DIR / n).st_ino != inode
+                   for n in os.listdir(network.NETNS_DIR))
+    finally:
+        os.close(held)

@@ -304,6 +304,31 @@ def test_a_destroyed_sandboxs_uid_is_not_given_while_a_process_of_it_lives(
         leftover.wait()
 
 
+def test_the_chain_is_in_the_cgroups_with_no_groups_and_no_capabilities(
+        runner: Runner, sandboxes: Sandboxes) -> None:
+    """bubblewrap's monitor (the chain's own process, moved into the cgroups by the runner
+    before it gets its options) and the init: the sandbox's uid alone, no supplementary
+    group, no capability, in the sandbox's cgroup of every hierarchy."""
+    require(os.geteuid() == 0, "a host uid per sandbox needs a root runner")
+    require_capability(runner, "cpu", "memory", "pids")
+    box = sandboxes.start()
+    record = json.loads((runner.root_dir / box / "state.json").read_text())
+    for pid in (record["outer_pid"], record["init_pid"]):
+        status = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines())
+        assert status["Uid"].split() == [str(record["host_uid"])] * 4, status["Uid"]
+        assert status["Gid"].split() == [str(record["host_gid"])] * 4, status["Gid"]
+        assert status["Groups"].split() == [], status["Groups"]
+        for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+            assert int(status[caps], 16) == 0, (caps, status[caps])
+        groups = [line.split(":", 2)[2] for line in
+                  Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+        # The init's own view is of its cgroup namespace ("/"); the monitor's is the host's.
+        if pid == record["outer_pid"]:
+            mine = [g for g in groups if g.endswith(f"/leap0/{runner.scope}/{box}")]
+            assert mine and len(mine) == len([g for g in groups if g != "/"]), groups
+
+
 def test_concurrent_starts_get_distinct_uids(runner: Runner, sandboxes: Sandboxes) -> None:
     ids = [new_id() for _ in range(4)]
     sandboxes.ids.extend(ids)
