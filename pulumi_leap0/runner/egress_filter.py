@@ -168,14 +168,17 @@ def _fork() -> tuple[int, BinaryIO, BinaryIO]:
             else:
                 raise RunnerError("the egress filter did not start: its fork server failed")
     except BaseException:
-        os.close(config_w)
-        os.close(ready_r)
+        _close(config_w, ready_r)
         raise
     finally:
-        os.close(config_r)
-        os.close(ready_w)
+        _close(config_r, ready_w)  # the filter's ends: it has its own copies
     pid: int = struct.unpack("!i", reply)[0]
     return pid, os.fdopen(config_w, "wb"), os.fdopen(ready_r, "rb")
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _running_server() -> tuple[subprocess.Popen[bytes], socket.socket]:
