@@ -26,9 +26,11 @@ side's figure, filtered/direct as a percentage for throughput, the added millise
 ratio for latency. CPU per request (client, test server, filter; from /proc, so it includes
 the server's log write of each request) says where the time goes. Then the filter's start
 cost: ``Runner.start`` of sandboxes with this custom policy (nftables rules, the filter
-process, its CA) against allow-all ones, interleaved, with a pause before each pair so the
-runner's spare filter process (started in the background, its imports done) is ready, as
-between creates at API pace. Back to back, its imports compete with the start (~+100 ms).
+process, its CA) against allow-all ones: interleaved pairs with a pause before each (creates
+at API pace), then back to back, each kind after each kind, since what one create leaves
+running in the background (a spare filter's imports, once) slows the next. And the CPU each
+custom create's filter had spent when it listened, which does not depend on the load: a
+filter started as an interpreter of its own pays its imports there (~0.25-0.4 s).
 
 Sandboxes get the default 1 vCPU. The filter and the test server run on the host, outside
 any sandbox cgroup; on a 2-core machine client, server and filter share the two cores.
@@ -209,32 +211,53 @@ def run_client(runner: Runner, sandbox_id: str, args: list[str], seconds: float,
     return figures
 
 
-#: Long enough for the filter's spare process to finish its imports on this machine.
-SPARE_READY_S = 1.0
+#: The pause before each paced pair: creates at API pace, nothing left running in between.
+PACE_S = 1.0
+
+
+#: CPU milliseconds each custom create's filter process had spent once it listened: its
+#: whole life so far, so an interpreter start and imports count if it did them itself.
+FILTER_CPU: list[float] = []
+
+
+def _create(runner: Runner, policy: dict[str, Any]) -> tuple[float, float]:
+    """start() and destroy() milliseconds of one sandbox."""
+    sandbox_id = f"sbx-bench-{secrets.token_hex(6)}"
+    config = SandboxConfig(id=sandbox_id, template=TEMPLATE,
+                           network_policy=spec.NetworkPolicy.model_validate(policy))
+    t0 = time.perf_counter()
+    try:
+        runner.start(config)
+    finally:
+        t1 = time.perf_counter()
+        if policy is CUSTOM_POLICY:
+            FILTER_CPU.append(cpu_seconds(filter_pid(runner, sandbox_id)) * 1000)
+        runner.destroy(sandbox_id)
+    return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
 
 def start_cost(runner: Runner, samples: int) -> dict[str, tuple[list[float], list[float]]]:
-    """start() and destroy() milliseconds of allow-all and custom sandboxes, interleaved."""
-    costs: dict[str, tuple[list[float], list[float]]] = {"allow-all": ([], []),
-                                                         "custom": ([], [])}
+    """start() and destroy() milliseconds of allow-all and custom sandboxes, interleaved:
+    paced pairs, then back to back in the order A A C C (each create after one of each
+    kind), keyed "paced <kind>" and "<previous> -> <kind>"."""
+    policies = {"allow-all": DIRECT_POLICY, "custom": CUSTOM_POLICY}
+    costs: dict[str, tuple[list[float], list[float]]] = {}
+
+    def record(key: str, figures: tuple[float, float]) -> None:
+        started, destroyed = costs.setdefault(key, ([], []))
+        started.append(figures[0])
+        destroyed.append(figures[1])
+
     for i in range(samples + 1):  # the first pair is a warm-up
-        # The runner keeps a spare filter process starting in the background (its imports
-        # are most of a filter's start); pause as creates at API pace would, so it is ready.
-        time.sleep(SPARE_READY_S)
-        for name, policy in (("allow-all", DIRECT_POLICY), ("custom", CUSTOM_POLICY)):
-            sandbox_id = f"sbx-bench-{secrets.token_hex(6)}"
-            config = SandboxConfig(id=sandbox_id, template=TEMPLATE,
-                                   network_policy=spec.NetworkPolicy.model_validate(policy))
-            t0 = time.perf_counter()
-            try:
-                runner.start(config)
-            finally:
-                t1 = time.perf_counter()
-                runner.destroy(sandbox_id)
-            started, destroyed = (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+        time.sleep(PACE_S)
+        for name in ("allow-all", "custom"):
+            figures = _create(runner, policies[name])
             if i:
-                costs[name][0].append(started)
-                costs[name][1].append(destroyed)
+                record(f"paced {name}", figures)
+    previous = "custom"
+    for name in ["allow-all", "allow-all", "custom", "custom"] * samples:
+        record(f"{previous} -> {name}", _create(runner, policies[name]))
+        previous = name
     return costs
 
 
@@ -350,13 +373,15 @@ def main() -> int:
                 runner.destroy(ids.pop(side))
             costs = start_cost(runner, START_SAMPLES)
             print(f"\nstart cost, median of {START_SAMPLES} (custom: nftables rules, filter "
-                  "process, its CA)")
-            base_start, base_destroy = (statistics.median(v) for v in costs["allow-all"])
+                  "process, its CA); paced, then back to back after the kind named first")
+            base_start, base_destroy = (statistics.median(v) for v in costs["paced allow-all"])
             for name, (started, destroyed) in costs.items():
                 s, d = statistics.median(started), statistics.median(destroyed)
-                extra = "" if name == "allow-all" else \
+                extra = "" if name == "paced allow-all" else \
                     f"   ({s - base_start:+.1f} ms start, {d - base_destroy:+.1f} ms destroy)"
-                print(f"{name:<10} start() {s:7.1f} ms   destroy() {d:7.1f} ms{extra}")
+                print(f"{name:<22} start() {s:7.1f} ms   destroy() {d:7.1f} ms{extra}")
+            print(f"custom filter's own CPU when it listens: median "
+                  f"{statistics.median(FILTER_CPU):.0f} ms of {len(FILTER_CPU)} creates")
 
             worst = min(ratios.values())
             verdict = "met" if worst >= 0.8 else "NOT met"

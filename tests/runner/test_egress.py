@@ -396,6 +396,37 @@ def test_filter_runs_unprivileged_and_dies_with_the_sandbox(
     assert leftovers(runner, sandbox_id) == []
 
 
+def test_filters_are_forked_apart_from_their_fork_server_and_outlive_it(
+        runner: Runner, sandboxes: Sandboxes, hosts: TestHosts) -> None:
+    import os
+    import signal
+
+    from pulumi_leap0.runner import egress_filter
+
+    first = sandboxes.start(network_policy=custom(hosts))
+    second = sandboxes.start(network_policy=custom(hosts))  # back to back
+    assert egress_filter._server is not None
+    server = egress_filter._server[0].pid
+    control = os.readlink(f"/proc/{server}/fd/0")
+    assert control.startswith("socket:")
+    for sandbox_id in (first, second):
+        pid = _filter_pid(runner, sandbox_id)
+        # A tenant that takes its filter over finds no way to the fork server (root): the
+        # server's socket is not among the filter's descriptors, and it is its own session.
+        fds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert control not in fds
+        assert os.getsid(pid) == pid
+    # Each filter has a CA of its own, though both come from the same pre-imported process.
+    bundles = {sh(runner, b, "cat /run/leap0/ca-certificates.crt") for b in (first, second)}
+    assert len(bundles) == 2 and all(code == 0 for code, _ in bundles)
+    os.kill(server, signal.SIGKILL)
+    egress_filter._server[0].wait(timeout=10)
+    assert curl(runner, first, "https://api.transform.leap0.test/")[0] == 0
+    third = sandboxes.start(network_policy=custom(hosts))  # a new server is started
+    assert curl(runner, third, "http://allowed.leap0.test/")[0] == 0
+    assert egress_filter._server[0].pid != server
+
+
 def test_filter_survives_pause_and_a_new_runner(
         runner: Runner, sandboxes: Sandboxes, hosts: TestHosts) -> None:
     sandbox_id = sandboxes.start(network_policy=custom(hosts))

@@ -1,10 +1,17 @@
 """Start-up of the egress filter: ``python -m pulumi_leap0.runner.egress`` (config on stdin).
 
-Order matters: import everything, read the config (the runner may keep a spare process
-waiting here), make the CA and write the sandbox's trust bundle, bind the two sockets
-inside the sandbox's network namespace, come back to the host's, drop to ``nobody``, say
-``ready`` on stdout, serve until killed. The runner starts the sandbox only
-after ``ready``, so no program of the sandbox ever runs unfiltered.
+Order matters: import everything, read the config, make the CA and write the sandbox's
+trust bundle, bind the two sockets inside the sandbox's network namespace, come back to the
+host's, drop to ``nobody``, say ``ready`` on stdout, serve until killed. The runner starts
+the sandbox only after ``ready``, so no program of the sandbox ever runs unfiltered.
+
+``--fork-server``: the runner's one long-lived process with the imports done
+(``egress_filter._fork``). For each sandbox it receives two pipe ends over its socket pair
+(stdin, stdout) and forks a filter that carries on from "read the config" as above, so a
+custom sandbox costs a fork (milliseconds), not an interpreter start and its imports
+(~0.4 CPU-s) on this create's path or, as a spare refilled behind it, on the next one's.
+It never sees a sandbox's config: each child reads its own from its own pipe, after it has
+closed the socket to the server and before it has read anything a sandbox sends.
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
+import signal
 import socket
 import ssl
+import struct
 import sys
+import traceback
 from pathlib import Path
 
 from pulumi_leap0 import spec
@@ -123,16 +134,19 @@ async def _serve(config: EgressConfig, policy: spec.NetworkPolicy,
     await Proxy(policy, resolver, authority, upstream_tls).serve(listener)
 
 
-def main() -> int:
+def _prepare() -> ssl.SSLContext:
+    """Everything a filter does before it has a sandbox (done once, in the fork server)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Budget(LOG_BUDGET_BYTES))
     _preload()
     spec.NetworkPolicy.model_validate({"mode": "deny-all"})  # builds its validator now
-    upstream_tls = _upstream_context()
-    # The runner may start this process before it has a sandbox for it (a spare, see
-    # egress_filter._take): everything above is done while it waits here.
+    return _upstream_context()
+
+
+def _filter(upstream_tls: ssl.SSLContext) -> int:
+    """One sandbox's filter, from its config on stdin to serving."""
     config = EgressConfig.from_json(sys.stdin.read())
     if config.log_path:
         log_fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -154,6 +168,66 @@ def main() -> int:
     else:
         asyncio.run(serving)
     return 0
+
+
+def _reap(_signum: int, _frame: object) -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def _fork_server(upstream_tls: ssl.SSLContext) -> int:
+    """Fork a filter per request until the runner closes its end of the socket pair."""
+    control = socket.socket(fileno=0)  # SOCK_SEQPACKET: one request, two fds, per message
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the backend's ^C: its end closes anyway
+    signal.signal(signal.SIGCHLD, _reap)  # filters die as zombies of ours otherwise
+    gc.freeze()  # the collector would otherwise touch (and copy) every inherited page
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 16, 2)
+        except OSError:
+            return 1
+        if not message:
+            return 0
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _child(control, fds[0], fds[1], upstream_tls)
+        for fd in fds:
+            os.close(fd)
+        control.send(struct.pack("!i", pid))
+
+
+def _child(control: socket.socket, config_fd: int, ready_fd: int,
+           upstream_tls: ssl.SSLContext) -> None:
+    code = 1
+    try:
+        # Nothing of the server's stays reachable: its socket (fd 0) goes under the pipe.
+        control.detach()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()  # outlives the backend, like the sandbox
+        os.dup2(config_fd, 0)
+        os.dup2(ready_fd, 1)
+        os.close(config_fd)
+        os.close(ready_fd)
+        code = _filter(upstream_tls)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+        os._exit(code)  # never back into the server's loop
+
+
+def main() -> int:
+    upstream_tls = _prepare()
+    if sys.argv[1:] == ["--fork-server"]:
+        return _fork_server(upstream_tls)
+    return _filter(upstream_tls)
 
 
 if __name__ == "__main__":
