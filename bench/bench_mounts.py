@@ -17,6 +17,8 @@ variants of them. For each, in one mount:
   in a large object.
 - ``cpu``: rclone's CPU time (user + system, all threads, from /proc/PID/stat) per MiB
   read over the ``seq`` runs.
+- ``ra``: the kernel's read-ahead on the mount (``rclone.READ_AHEAD_KB``; 128 KiB is the
+  kernel's default for a FUSE mount).
 - laziness: what rclone read from its sockets (``rchar`` of /proc/PID/io) for an open and
   close alone, and for the 1 MiB read at 40 MiB: a client that fetched the object on open
   shows it there.
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -67,18 +70,31 @@ def _with(flag: str, value: str) -> tuple[str, ...]:
     return tuple(flags)
 
 
-# (label, binary, command, read flags); the built binary is filled in by main().
-CANDIDATES: list[tuple[str, str, str, tuple[str, ...]]] = [
-    ("built", "", "mount", _FLAGS),
-    ("built", "", "mount2", _FLAGS),
-    ("debian", DEBIAN, "mount", _FLAGS),
-    ("debian", DEBIAN, "mount2", _FLAGS),
+_RA = rclone.READ_AHEAD_KB
+# (label, binary, command, read flags, the kernel's read-ahead in KiB: None is its default);
+# the built binary is filled in by main().
+CANDIDATES: list[tuple[str, str, str, tuple[str, ...], int | None]] = [
+    ("built", "", "mount2", _FLAGS, _RA),
+    ("built", "", "mount", _FLAGS, None),
+    ("built", "", "mount2", _FLAGS, None),
+    ("debian", DEBIAN, "mount", _FLAGS, None),
+    ("debian", DEBIAN, "mount2", _FLAGS, None),
+    ("built", "", "mount", _FLAGS, _RA),
+    ("built", "", "mount2", _FLAGS, 4096),
     # Without --no-checksum: rclone MD5s a whole sequential read (its default).
-    ("built", "", "mount2", tuple(f for f in _FLAGS if f != "--no-checksum")),
-    ("built", "", "mount2", _with("--buffer-size", "32M")),
-    ("built", "", "mount2", _with("--max-read-ahead", "1M")),
-    ("built", "", "mount2", _with("--vfs-read-chunk-size", "32M")),
+    ("built", "", "mount2", tuple(f for f in _FLAGS if f != "--no-checksum"), _RA),
+    ("built", "", "mount2", _with("--buffer-size", "32M"), _RA),
+    ("built", "", "mount2", _with("--vfs-read-chunk-size", "32M"), _RA),
 ]
+
+
+def differences(flags: tuple[str, ...]) -> str:
+    """How ``flags`` differ from the runner's, in words."""
+    if "--no-checksum" not in flags:
+        return "without --no-checksum"
+    mine = dict(zip(_FLAGS[:-1:2], _FLAGS[1::2], strict=True))
+    theirs = dict(zip(flags[:-1:2], flags[1::2], strict=True))
+    return " ".join(f"{k} {v}" for k, v in theirs.items() if mine.get(k) != v)
 
 
 def free_port() -> int:
@@ -192,6 +208,18 @@ def socket_bytes(pid: int) -> int:
     raise RuntimeError("no rchar")
 
 
+def settled(pid: int) -> int:
+    """``socket_bytes`` once rclone has stopped reading (its buffer fills after the reader
+    is done)."""
+    last = socket_bytes(pid)
+    while True:
+        time.sleep(0.2)
+        now = socket_bytes(pid)
+        if now == last:
+            return now
+        last = now
+
+
 def alternated(runs: int, first: Callable[[], float], second: Callable[[], float]
                ) -> tuple[list[float], list[float]]:
     """``runs`` timings of each of two calls, their order swapped every run."""
@@ -207,7 +235,28 @@ def alternated(runs: int, first: Callable[[], float], second: Callable[[], float
     return a, b
 
 
-def measure(runner: Runner, sandbox_id: str, client: object, size: int, runs: int) -> str:
+@dataclass
+class Figures:
+    """One candidate's samples, over both passes."""
+
+    mount: list[float] = field(default_factory=list)  # seconds per whole object
+    direct: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)  # seconds per 1 MiB read at OFFSET_MIB
+    ranged: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # rclone's CPU seconds per MiB
+    opened: list[int] = field(default_factory=list)  # bytes rclone read for an open
+    fetched: list[int] = field(default_factory=list)  # ... and for the 1 MiB read
+
+    def line(self, size: int) -> str:
+        med = statistics.median
+        return (f"seq {size / MiB / med(self.mount):6.1f} MiB/s "
+                f"{med(self.direct) / med(self.mount):4.0%}  1MiB@{OFFSET_MIB} "
+                f"{med(self.first) * 1000:4.0f} ms (direct {med(self.ranged) * 1000:3.0f})  "
+                f"cpu {med(self.cpu) * 1000:4.1f} ms/MiB  open {max(self.opened) / 1024:3.0f} "
+                f"KiB, 1MiB read {max(self.fetched) / MiB:4.1f} MiB")
+
+
+def measure(runner: Runner, sandbox_id: str, client: object, size: int, runs: int) -> Figures:
     pid = rclone_pid(runner, sandbox_id)
     timed_dd(runner, sandbox_id, "")  # warm-up: rclone's first open, the connection
     cpu0 = cpu_seconds(pid)
@@ -217,46 +266,42 @@ def measure(runner: Runner, sandbox_id: str, client: object, size: int, runs: in
         assert n == size, n
         return seconds
 
-    mount, direct = alternated(runs, through, lambda: direct_get(client, size))
-    cpu_ms = (cpu_seconds(pid) - cpu0) * 1000 / (runs * size / MiB)
-    ratio = statistics.median(direct) / statistics.median(mount)
-    mibs = size / MiB / statistics.median(mount)
+    got = Figures()
+    got.mount, got.direct = alternated(runs, through, lambda: direct_get(client, size))
+    got.cpu = [(cpu_seconds(pid) - cpu0) / (runs * size / MiB)]
 
     def one_mib() -> float:
         n, seconds = timed_dd(runner, sandbox_id, f"skip={OFFSET_MIB} count=1")
         assert n == MiB, n
         return seconds
 
-    first, ranged = alternated(runs, one_mib,
-                               lambda: direct_range(client, OFFSET_MIB * MiB, MiB))
+    got.first, got.ranged = alternated(runs, one_mib,
+                                       lambda: direct_range(client, OFFSET_MIB * MiB, MiB))
     drop_cached(runner, sandbox_id)
     before = socket_bytes(pid)
     runner.exec(sandbox_id, ": < /mnt/bench/large.bin")
-    opened = socket_bytes(pid) - before
+    got.opened = [settled(pid) - before]
     one_mib()
-    fetched = socket_bytes(pid) - before - opened
-    return (f"seq {mibs:6.1f} MiB/s {ratio:4.0%}  1MiB@{OFFSET_MIB} "
-            f"{statistics.median(first) * 1000:5.0f} ms (direct "
-            f"{statistics.median(ranged) * 1000:3.0f})  cpu {cpu_ms:5.1f} ms/MiB  "
-            f"open {opened / 1024:4.0f} KiB, 1MiB read {fetched / MiB:5.1f} MiB")
+    got.fetched = [settled(pid) - before - got.opened[0]]
+    return got
 
 
 def main() -> None:
     size = int(sys.argv[1]) * MiB if len(sys.argv) > 1 else 64 * MiB
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     built = subprocess.run(["sh", str(rclone.BUILD_SCRIPT), "--where"], capture_output=True,
                            text=True, check=False)
     if built.returncode != 0:
         sys.exit("make rclone first")
     binary = built.stdout.split()[-1]
-    candidates = [(label, path or binary, command, flags)
-                  for label, path, command, flags in CANDIDATES
+    candidates = [(label, path or binary, command, flags, ra)
+                  for label, path, command, flags, ra in CANDIDATES
                   if os.access(path or binary, os.X_OK)]
     moto, endpoint = start_moto()
     runner = Runner(Path(tempfile.mkdtemp(prefix="leap0-bench-mounts-")) / "sandboxes",
                     egress=EgressSettings(allow_mount_endpoints=("127.0.0.1/32",)))
     sandbox_id = f"bench-{secrets.token_hex(4)}"
-    defaults = (rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS)
+    defaults = (rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS, rclone.READ_AHEAD_KB)
     try:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
@@ -276,21 +321,30 @@ def main() -> None:
         print(f"ranged  median {statistics.median(ranged):6.3f}s {rmibs:7.1f} MiB/s  "
               f"ratio {rmibs / direct_mibs:5.0%}  boto3, the ranges rclone asks for "
               f"({first}, doubling): moto's cost of ranges")
+        totals: dict[int, Figures] = {}
+        names: dict[int, str] = {}
         # Two passes, the second in reverse order, so no candidate always runs first.
-        for rank, (label, path, command, flags) in [*enumerate(candidates),
-                                                     *reversed(list(enumerate(candidates)))]:
+        for rank, (label, path, command, flags, ra) in [
+                *enumerate(candidates), *reversed(list(enumerate(candidates)))]:
             rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS = path, command, flags
+            rclone.READ_AHEAD_KB = ra
             runner.mount(sandbox_id, MountConfig(
                 id="mnt-bench", bucket=BUCKET, mount_path="/mnt/bench", endpoint=endpoint,
                 prefix="data/", access_key_id=KEY_ID, secret_access_key=SECRET))
             figures = measure(runner, sandbox_id, client, size, runs)
-            shown = " ".join(f for f in flags if f not in _FLAGS) or (
-                "" if flags == _FLAGS else "without " + " ".join(set(_FLAGS) - set(flags)))
-            tag = " (the runner's)" if (path, command, flags) == defaults else ""
-            print(f"[{rank}] {label:6} {command:6} {figures}  {shown}{tag}", flush=True)
+            every = totals.setdefault(rank, Figures())
+            for name in vars(every):
+                getattr(every, name).extend(getattr(figures, name))
+            shown = differences(flags)
+            tag = " (the runner's)" if (path, command, flags, ra) == defaults else ""
+            names[rank] = f"{label:6} {command:6} ra {ra or 128:4} KiB  {{}}  {shown}{tag}"
+            print(f"[{rank}] " + names[rank].format(figures.line(size)), flush=True)
+        print("both passes together (medians; laziness: the most fetched):")
+        for rank, every in sorted(totals.items()):
+            print(f"[{rank}] " + names[rank].format(every.line(size)))
         print("target: seq >= 90% of direct; the runner's choice is marked")
     finally:
-        rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS = defaults
+        rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS, rclone.READ_AHEAD_KB = defaults
         runner.destroy(sandbox_id)
         moto.terminate()
         moto.wait(10)

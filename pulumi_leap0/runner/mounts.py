@@ -290,6 +290,13 @@ def _make(handle: SandboxHandle, config: MountConfig, confine: list[str], record
         "prefix": config.prefix,
     }))
     _wait_mounted(process, host_dir)
+    if rclone.READ_AHEAD_KB is not None:
+        # The mount's own bdi, so no other file system reads ahead otherwise; a host whose
+        # sysfs refuses it still mounts, only slower.
+        dev = os.stat(host_dir).st_dev
+        with contextlib.suppress(OSError):
+            Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(
+                str(rclone.READ_AHEAD_KB))
     _in_sandbox(handle, "attach", config.id, config.mount_path)
 
 

@@ -46,10 +46,12 @@ def find_binary() -> str | None:
 
 BINARY = find_binary()
 REMOTE = "LEAP0"  # the name of rclone's env-defined remote
-# ``mount2`` (go-fuse), not ``mount`` (bazil): in bench/bench_mounts.py it read 90% of a
-# direct GET where ``mount`` read about half, for the same CPU per MiB, equally lazy. The
-# difference is the FUSE request size: go-fuse negotiates 1 MiB requests, bazil 128 KiB,
-# and each request is a round trip through the kernel and rclone.
+# ``mount2`` (go-fuse), not ``mount`` (bazil): in bench/bench_mounts.py (a quiet machine,
+# 64 MiB) it read 775 MiB/s, 71% of a direct GET, where ``mount`` read 521 (49%) and
+# Debian's 1.60 ``mount`` 428 (41%); half the CPU per MiB of ``mount`` (0.5 ms against
+# 1.2), equally lazy. go-fuse negotiates 1 MiB FUSE requests, bazil 128 KiB, and each
+# request is a round trip through the kernel and rclone. rclone hides ``mount2`` from its
+# help; tests/mounts/test_rclone_argv.py checks that this build has it, with these flags.
 MOUNT_COMMAND = "mount2"
 # Read tuning (bench/bench_mounts.py). The two things that mattered:
 # - ``--no-checksum``: otherwise rclone MD5s every read that runs from the start of a file
@@ -62,6 +64,13 @@ MOUNT_COMMAND = "mount2"
 #   1 MiB read of a large object fetches about 10 MiB (tests/mounts/test_through_runner.py).
 READ_FLAGS: tuple[str, ...] = ("--vfs-read-chunk-size", "128M", "--buffer-size", "16M",
                                "--max-read-ahead", "4M", "--no-checksum")
+# The kernel reads ahead of a file on a new FUSE mount 128 KiB (the default of its bdi,
+# whatever ``--max-read-ahead`` asks), so every 1 MiB read of a reader waits for its own
+# request; with 1 MiB ahead, rclone serves the next request while the reader copies. More
+# (16 MiB) was slower in bench/bench_mounts.py: the requests overtake each other and rclone
+# seeks; 4 MiB gained nothing. ``mount`` (bazil) collapses with any of it (8 MiB/s). None
+# leaves the kernel's default.
+READ_AHEAD_KB: int | None = 1024
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
