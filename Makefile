@@ -42,7 +42,7 @@ pulumi:
 
 # rclone, for the object-storage mounts (tools/rclone: rclone's main with the S3 backend and
 # the mount commands only), built from the Go module proxy into the same cache, keyed by its
-# version (tools/rclone/go.mod); prints the binary's path last. Cold: 2-3 min; cached: nothing.
+# version (tools/rclone/go.mod); prints the binary's path last. Cold: 1.5-3 min; cached: nothing.
 rclone:
 	@sh tools/build-rclone.sh
 
