@@ -1,23 +1,33 @@
-"""Mount figures: sequential read throughput of a large object through an object-storage
-mount, next to a direct boto3 GET of the same object from the same local S3 server.
+"""Mount figures: the FUSE clients that could serve an object-storage mount, side by side,
+each next to a direct boto3 GET of the same object from the same local S3 server.
 
 The S3 server is moto in its own process on 127.0.0.1 (no traffic leaves the machine), so
-both paths share the same server-side ceiling. Through the mount: ``dd`` of the object to
-/dev/null inside a sandbox, timed inside it (a fresh open each run, so rclone fetches the
-object again; without a VFS cache nothing is kept). Direct: ``get_object`` streamed in
-1 MiB reads from the host. Medians over ``RUNS`` runs and the ratio mount/direct; target
->= 80%. A few rclone read-tuning variants (chunk size, buffer) are measured to justify the
-defaults in ``pulumi_leap0/runner/mounts.py``.
+every path shares the same server-side ceiling. Candidates: the rclone ``make rclone``
+builds (``tools/rclone``) with its ``mount`` (bazil/fuse) and ``mount2`` (go-fuse) front-ends,
+and Debian's rclone (1.60) the same two ways when it is installed (the figures before the
+build). Each with the runner's read flags (``pulumi_leap0/runner/rclone.py``), and a few
+variants of them. For each, in one mount:
 
-Two lines say where the time goes: ``ranged`` is boto3 making the GETs rclone makes (moto
-answers a range by copying the whole object, so each range costs nearly a full GET: a cost
-of this test server, not of the mount), and ``host`` reads the same FUSE mount from the host
-(rclone and FUSE without the sandbox: the sandbox's bind adds nothing measurable). rclone's
-FUSE requests are 128 KiB each; on a 2-core machine shared with moto that round trip, not
-the network, bounds the mount. rclone's hidden ``mount2`` (go-fuse) line shows what a faster
-FUSE front-end gets from the same VFS.
+- ``seq``: ``dd`` of the whole object to /dev/null inside a sandbox, timed inside it (the
+  kernel's cache dropped first, so rclone fetches the object again), and the ratio to the
+  direct ``get_object`` streamed in 1 MiB reads, the two alternated run by run. Target
+  >= 90%.
+- ``1MiB@40``: the time to open the object and read 1 MiB at 40 MiB (``dd skip=40``), next to
+  a direct 1 MiB ranged GET at that offset, alternated: the first-byte latency of a read
+  in a large object.
+- ``cpu``: rclone's CPU time (user + system, all threads, from /proc/PID/stat) per MiB
+  read over the ``seq`` runs.
+- ``ra``: the kernel's read-ahead on the mount (``rclone.READ_AHEAD_KB``; 128 KiB is the
+  kernel's default for a FUSE mount).
+- laziness: what rclone read from its sockets (``rchar`` of /proc/PID/io) for an open and
+  close alone, and for the 1 MiB read at 40 MiB: a client that fetched the object on open
+  shows it there.
 
-Run as root: ``python bench/bench_mounts.py [SIZE_MIB] [RUNS]``. About a minute.
+``ranged`` is boto3 making the GETs rclone makes (moto answers a range by copying the whole
+object, so each range costs nearly a full GET: a cost of this test server, not of a mount).
+
+Run as root, after ``make rclone``: ``python bench/bench_mounts.py [SIZE_MIB] [RUNS]``.
+A few minutes.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -38,7 +50,7 @@ import boto3
 # The checkout's own package, whatever is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pulumi_leap0.runner import Runner, SandboxConfig, mounts
+from pulumi_leap0.runner import Runner, SandboxConfig, rclone
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import MountConfig
 
@@ -46,19 +58,43 @@ TEMPLATE = "system/debian:bookworm"
 KEY_ID, SECRET = "AKIABENCHMOUNTS", "bench-secret"
 BUCKET, KEY = "bench", "data/large.bin"
 MiB = 1024 * 1024
-VARIANTS: list[tuple[str, tuple[str, ...]]] = [
-    # With rclone's per-read MD5 of a whole sequential read (its default): that hash was 40%
-    # of rclone's CPU time here.
-    ("mount", ("--vfs-read-chunk-size", "8M", "--buffer-size", "16M", "--max-read-ahead", "4M")),
-    ("mount", ("--vfs-read-chunk-size", "8M", "--buffer-size", "16M", "--max-read-ahead", "4M",
-               "--no-checksum")),
-    ("mount", ("--vfs-read-chunk-size", "32M", "--buffer-size", "16M", "--max-read-ahead", "4M",
-               "--no-checksum")),
-    ("mount", ("--vfs-read-chunk-size", "128M", "--buffer-size", "32M",
-               "--max-read-ahead", "4M", "--no-checksum")),
-    ("mount2", ("--vfs-read-chunk-size", "128M", "--buffer-size", "16M",
-                "--max-read-ahead", "4M", "--no-checksum")),
+OFFSET_MIB = 40  # where the 1 MiB read starts: well inside the object, past any first chunk
+DEBIAN = "/usr/bin/rclone"
+_FLAGS = rclone.READ_FLAGS
+
+
+def _with(flag: str, value: str) -> tuple[str, ...]:
+    """The runner's read flags with ``flag`` set to ``value``."""
+    flags = list(_FLAGS)
+    flags[flags.index(flag) + 1] = value
+    return tuple(flags)
+
+
+_RA = rclone.READ_AHEAD_KB
+# (label, binary, command, read flags, the kernel's read-ahead in KiB: None is its default);
+# the built binary is filled in by main().
+CANDIDATES: list[tuple[str, str, str, tuple[str, ...], int | None]] = [
+    ("built", "", "mount2", _FLAGS, _RA),
+    ("built", "", "mount", _FLAGS, None),
+    ("built", "", "mount2", _FLAGS, None),
+    ("debian", DEBIAN, "mount", _FLAGS, None),
+    ("debian", DEBIAN, "mount2", _FLAGS, None),
+    ("built", "", "mount", _FLAGS, _RA),
+    ("built", "", "mount2", _FLAGS, 4096),
+    # Without --no-checksum: rclone MD5s a whole sequential read (its default).
+    ("built", "", "mount2", tuple(f for f in _FLAGS if f != "--no-checksum"), _RA),
+    ("built", "", "mount2", _with("--buffer-size", "32M"), _RA),
+    ("built", "", "mount2", _with("--vfs-read-chunk-size", "32M"), _RA),
 ]
+
+
+def differences(flags: tuple[str, ...]) -> str:
+    """How ``flags`` differ from the runner's, in words."""
+    if "--no-checksum" not in flags:
+        return "without --no-checksum"
+    mine = dict(zip(_FLAGS[:-1:2], _FLAGS[1::2], strict=True))
+    theirs = dict(zip(flags[:-1:2], flags[1::2], strict=True))
+    return " ".join(f"{k} {v}" for k, v in theirs.items() if mine.get(k) != v)
 
 
 def free_port() -> int:
@@ -112,45 +148,160 @@ def direct_ranged(client: object, size: int, first_chunk: int) -> float:
     return time.perf_counter() - start
 
 
+def direct_range(client: object, offset: int, length: int) -> float:
+    start = time.perf_counter()
+    body = client.get_object(  # type: ignore[attr-defined]
+        Bucket=BUCKET, Key=KEY, Range=f"bytes={offset}-{offset + length - 1}")["Body"]
+    got = len(body.read())
+    assert got == length, got
+    return time.perf_counter() - start
+
+
+def object_path(runner: Runner, sandbox_id: str) -> Path:
+    return runner.runtime_dir / sandbox_id / "mnt" / "mnt-bench" / "large.bin"
+
+
 def drop_cached(runner: Runner, sandbox_id: str) -> None:
     """Forget the object's pages in the kernel's cache, so each run reads through rclone."""
-    path = runner.runtime_dir / sandbox_id / "mnt" / "mnt-bench" / "large.bin"
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(object_path(runner, sandbox_id), os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
 
-def host_read(runner: Runner, sandbox_id: str, size: int) -> float:
+def timed_dd(runner: Runner, sandbox_id: str, args: str) -> tuple[int, float]:
+    """``dd`` of the object inside the sandbox: bytes read and seconds, timed inside."""
     drop_cached(runner, sandbox_id)
-    path = runner.runtime_dir / sandbox_id / "mnt" / "mnt-bench" / "large.bin"
-    start = time.perf_counter()
-    got = 0
-    with open(path, "rb", buffering=0) as fh:
-        while chunk := fh.read(MiB):
-            got += len(chunk)
-    assert got == size
-    return time.perf_counter() - start
-
-
-def mount_read(runner: Runner, sandbox_id: str, size: int) -> float:
-    drop_cached(runner, sandbox_id)
-    out = runner.exec(sandbox_id, "s=$(date +%s%N); dd if=/mnt/bench/large.bin of=/dev/null "
-                      "bs=1M 2>&1 | sed -n 's/ bytes.*//p'; e=$(date +%s%N); echo $((e - s))",
-                      timeout=300)
+    out = runner.exec(sandbox_id, f"s=$(date +%s%N); dd if=/mnt/bench/large.bin of=/dev/null "
+                      f"bs=1M {args} 2>&1 | sed -n 's/ bytes.*//p'; e=$(date +%s%N); "
+                      "echo $((e - s))", timeout=300)
     n, ns = out.stdout.split()
-    assert int(n) == size, out
-    return int(ns) / 1e9
+    return int(n), int(ns) / 1e9
+
+
+def rclone_pid(runner: Runner, sandbox_id: str) -> int:
+    """The rclone serving this sandbox's bench mount (its mount point is in its argv)."""
+    marker = str(runner.runtime_dir / sandbox_id).encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"rclone") and any(marker in a for a in argv):
+                return int(proc.name)
+    raise RuntimeError("no rclone serves the bench mount")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def socket_bytes(pid: int) -> int:
+    """Bytes rclone has read with read(2) and friends: its sockets, and /dev/fuse's small
+    request headers."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise RuntimeError("no rchar")
+
+
+def settled(pid: int) -> int:
+    """``socket_bytes`` once rclone has stopped reading (its buffer fills after the reader
+    is done)."""
+    last = socket_bytes(pid)
+    while True:
+        time.sleep(0.2)
+        now = socket_bytes(pid)
+        if now == last:
+            return now
+        last = now
+
+
+def alternated(runs: int, first: Callable[[], float], second: Callable[[], float]
+               ) -> tuple[list[float], list[float]]:
+    """``runs`` timings of each of two calls, their order swapped every run."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(runs):
+        if i % 2:
+            b.append(second())
+            a.append(first())
+        else:
+            a.append(first())
+            b.append(second())
+    return a, b
+
+
+@dataclass
+class Figures:
+    """One candidate's samples, over both passes."""
+
+    mount: list[float] = field(default_factory=list)  # seconds per whole object
+    direct: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)  # seconds per 1 MiB read at OFFSET_MIB
+    ranged: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # rclone's CPU seconds per MiB
+    opened: list[int] = field(default_factory=list)  # bytes rclone read for an open
+    fetched: list[int] = field(default_factory=list)  # ... and for the 1 MiB read
+
+    def line(self, size: int) -> str:
+        med = statistics.median
+        return (f"seq {size / MiB / med(self.mount):6.1f} MiB/s "
+                f"{med(self.direct) / med(self.mount):4.0%}  1MiB@{OFFSET_MIB} "
+                f"{med(self.first) * 1000:4.0f} ms (direct {med(self.ranged) * 1000:3.0f})  "
+                f"cpu {med(self.cpu) * 1000:4.1f} ms/MiB  open {max(self.opened) / 1024:3.0f} "
+                f"KiB, 1MiB read {max(self.fetched) / MiB:4.1f} MiB")
+
+
+def measure(runner: Runner, sandbox_id: str, client: object, size: int, runs: int) -> Figures:
+    pid = rclone_pid(runner, sandbox_id)
+    timed_dd(runner, sandbox_id, "")  # warm-up: rclone's first open, the connection
+    cpu0 = cpu_seconds(pid)
+
+    def through() -> float:
+        n, seconds = timed_dd(runner, sandbox_id, "")
+        assert n == size, n
+        return seconds
+
+    got = Figures()
+    got.mount, got.direct = alternated(runs, through, lambda: direct_get(client, size))
+    got.cpu = [(cpu_seconds(pid) - cpu0) / (runs * size / MiB)]
+
+    def one_mib() -> float:
+        n, seconds = timed_dd(runner, sandbox_id, f"skip={OFFSET_MIB} count=1")
+        assert n == MiB, n
+        return seconds
+
+    got.first, got.ranged = alternated(runs, one_mib,
+                                       lambda: direct_range(client, OFFSET_MIB * MiB, MiB))
+    drop_cached(runner, sandbox_id)
+    before = socket_bytes(pid)
+    runner.exec(sandbox_id, ": < /mnt/bench/large.bin")
+    got.opened = [settled(pid) - before]
+    one_mib()
+    got.fetched = [settled(pid) - before - got.opened[0]]
+    return got
 
 
 def main() -> None:
     size = int(sys.argv[1]) * MiB if len(sys.argv) > 1 else 64 * MiB
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    built = subprocess.run(["sh", str(rclone.BUILD_SCRIPT), "--where"], capture_output=True,
+                           text=True, check=False)
+    if built.returncode != 0:
+        sys.exit("make rclone first")
+    binary = built.stdout.split()[-1]
+    candidates = [(label, path or binary, command, flags, ra)
+                  for label, path, command, flags, ra in CANDIDATES
+                  if os.access(path or binary, os.X_OK)]
     moto, endpoint = start_moto()
     runner = Runner(Path(tempfile.mkdtemp(prefix="leap0-bench-mounts-")) / "sandboxes",
                     egress=EgressSettings(allow_mount_endpoints=("127.0.0.1/32",)))
     sandbox_id = f"bench-{secrets.token_hex(4)}"
+    defaults = (rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS, rclone.READ_AHEAD_KB)
     try:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
@@ -160,37 +311,40 @@ def main() -> None:
         direct_get(client, size)  # warm-up: connection pool, moto's first-object path
         direct = [direct_get(client, size) for _ in range(runs)]
         direct_mibs = size / MiB / statistics.median(direct)
-        print(f"object {size // MiB} MiB, {runs} runs each, moto_server on 127.0.0.1")
+        print(f"object {size // MiB} MiB, {runs} runs each, moto_server on 127.0.0.1, "
+              f"load {os.getloadavg()[0]:.2f}")
         print(f"direct  median {statistics.median(direct):6.3f}s "
               f"{direct_mibs:7.1f} MiB/s  (boto3 get_object, 1 MiB reads)")
-        defaults = mounts.READ_FLAGS
-        first = defaults[defaults.index("--vfs-read-chunk-size") + 1]
+        first = _FLAGS[_FLAGS.index("--vfs-read-chunk-size") + 1]
         ranged = [direct_ranged(client, size, int(first.rstrip("M")) * MiB) for _ in range(runs)]
         rmibs = size / MiB / statistics.median(ranged)
         print(f"ranged  median {statistics.median(ranged):6.3f}s {rmibs:7.1f} MiB/s  "
               f"ratio {rmibs / direct_mibs:5.0%}  boto3, the ranges rclone asks for "
               f"({first}, doubling): moto's cost of ranges")
-        for command, flags in [("mount", defaults), *VARIANTS]:
-            mounts.MOUNT_COMMAND, mounts.READ_FLAGS = command, flags
+        totals: dict[int, Figures] = {}
+        names: dict[int, str] = {}
+        # Two passes, the second in reverse order, so no candidate always runs first.
+        for rank, (label, path, command, flags, ra) in [
+                *enumerate(candidates), *reversed(list(enumerate(candidates)))]:
+            rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS = path, command, flags
+            rclone.READ_AHEAD_KB = ra
             runner.mount(sandbox_id, MountConfig(
                 id="mnt-bench", bucket=BUCKET, mount_path="/mnt/bench", endpoint=endpoint,
                 prefix="data/", access_key_id=KEY_ID, secret_access_key=SECRET))
-            mount_read(runner, sandbox_id, size)  # warm-up
-            through = [mount_read(runner, sandbox_id, size) for _ in range(runs)]
-            mibs = size / MiB / statistics.median(through)
-            if (command, flags) == ("mount", defaults):
-                host = [host_read(runner, sandbox_id, size) for _ in range(runs)]
-                hmibs = size / MiB / statistics.median(host)
-                print(f"host    median {statistics.median(host):6.3f}s {hmibs:7.1f} MiB/s  "
-                      f"ratio {hmibs / direct_mibs:5.0%}  same FUSE mount read on the host "
-                      "(no sandbox): the FUSE/rclone ceiling")
-            tag = "  (default)" if (command, flags) == ("mount", defaults) else ""
-            print(f"mount   median {statistics.median(through):6.3f}s {mibs:7.1f} MiB/s  "
-                  f"ratio {mibs / direct_mibs:5.0%}  rclone {command} {' '.join(flags)}{tag}")
-        mounts.MOUNT_COMMAND = "mount"
-        mounts.READ_FLAGS = defaults
-        print("target: mount >= 80% of direct")
+            figures = measure(runner, sandbox_id, client, size, runs)
+            every = totals.setdefault(rank, Figures())
+            for name in vars(every):
+                getattr(every, name).extend(getattr(figures, name))
+            shown = differences(flags)
+            tag = " (the runner's)" if (path, command, flags, ra) == defaults else ""
+            names[rank] = f"{label:6} {command:6} ra {ra or 128:4} KiB  {{}}  {shown}{tag}"
+            print(f"[{rank}] " + names[rank].format(figures.line(size)), flush=True)
+        print("both passes together (medians; laziness: the most fetched):")
+        for rank, every in sorted(totals.items()):
+            print(f"[{rank}] " + names[rank].format(every.line(size)))
+        print("target: seq >= 90% of direct; the runner's choice is marked")
     finally:
+        rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS, rclone.READ_AHEAD_KB = defaults
         runner.destroy(sandbox_id)
         moto.terminate()
         moto.wait(10)

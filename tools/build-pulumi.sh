@@ -6,14 +6,12 @@
 # With --where it builds nothing: it prints the directory and fails if it is not built.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/build-lib.sh"
 
-# The versions live once, in the wrapper modules' go.mod files.
-version_of() { awk -v m="$2" '$1 == m { print $2 } $1 == "require" && $2 == m { print $3 }' "$1"; }
 cli_version=$(version_of "$here/pulumi/go.mod" github.com/pulumi/pulumi/pkg/v3)
 host_version=$(version_of "$here/languagehost/go.mod" github.com/pulumi/pulumi/sdk/v3)
 [ -n "$cli_version" ] && [ -n "$host_version" ] || { echo "versions not found in tools/*/go.mod" >&2; exit 1; }
 
-cache=${PULUMI_LEAP0_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pulumi-leap0}
 out="$cache/pulumi-$cli_version-py${host_version#v}"
 if [ -x "$out/pulumi" ] && [ -x "$out/pulumi-language-python" ]; then
     echo "$out"
@@ -22,13 +20,7 @@ fi
 # --where: only say whether it is built (the tests and the demo ask without building).
 [ "${1:-}" = --where ] && { echo "$out"; exit 1; }
 
-command -v go >/dev/null || { echo "make pulumi needs Go (1.26) and the Go module proxy" >&2; exit 1; }
-mkdir -p "$cache"
-# Built beside the final directory and renamed into place, so an interrupted build never
-# leaves a directory that looks complete.
-work=$(mktemp -d "$cache/.build-XXXXXX")
-chmod 0755 "$work"
-trap 'rm -rf "$work"' EXIT INT TERM
+start_build pulumi
 
 # The official release flags (pulumi/pulumi's .goreleaser.yml): static, no cgo, the
 # version stamped in so plugins and the engine agree on it.
@@ -46,7 +38,5 @@ sdk=$(cd "$here/languagehost" && go list -m -f '{{.Dir}}' github.com/pulumi/pulu
 install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$work/"
 install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$work/"
 
-rm -rf "$out"
-mv "$work" "$out"
-trap - EXIT INT TERM
+finish_build
 echo "$out"

@@ -168,8 +168,8 @@ def probe(cgroups: Cgroups, scope: str, *, own_uids: bool = False,
         missing.append("nftables (nft) is not installed: sandboxes under allow-all or custom "
                        "network policies fail to start (deny-all still works).")
     if not caps.object_storage_mounts:
-        missing.append("object-storage mounts need root, rclone, fusermount3 and /dev/fuse: "
-                       "sandboxes with mounts fail to start.")
+        missing.append("object-storage mounts need root, rclone (make rclone), fusermount3 "
+                       "and /dev/fuse: sandboxes with mounts fail to start.")
     elif not caps.fuse:
         missing.append("FUSE (/dev/fuse, fusermount3) unavailable: no object-storage mounts.")
     if not caps.seccomp:

@@ -2,12 +2,13 @@
 
 How a mount is made, and why:
 
-1. ``rclone mount`` (Debian's rclone, a mature FUSE client for S3-compatible storage) runs
-   on the host, outside the sandbox's PID namespace, with ``--read-only`` and
-   ``--vfs-cache-mode off``: nothing is downloaded until it is read, and reads become
-   ranged GETs. The credentials reach rclone only through its environment (an env-defined
-   remote), never its arguments, a file or a mount option; the sandbox cannot see host
-   processes, so it cannot read that environment either.
+1. ``rclone mount2`` (a pinned rclone built by ``make rclone``, a mature FUSE client for
+   S3-compatible storage; its command lines in ``rclone.py``) runs on the host, outside the
+   sandbox's PID namespace, with ``--read-only`` and ``--vfs-cache-mode off``: nothing is
+   downloaded until it is read, and reads become ranged GETs. The credentials reach rclone
+   only through its environment (an env-defined remote), never its arguments, a file or a
+   mount option; the sandbox cannot see host processes, so it cannot read that environment
+   either.
 2. rclone mounts at ``staging_host/<mount id>``, a shared mount that the core binds into the
    sandbox at ``/run/leap0/mounts``, so the FUSE file system appears there inside.
 3. A small helper (the host's Python, so no sandbox binaries are needed) enters the
@@ -96,43 +97,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pulumi_leap0.runner import network, sysutil
+from pulumi_leap0.runner import network, rclone, sysutil
 from pulumi_leap0.runner.egress.resolve import AddressGuard, lookup
 from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import MountConfig
 
-RCLONE = shutil.which("rclone")
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
 # Root is needed to mount FUSE for another uid and to enter the sandbox's namespaces;
 # nftables for the fence around rclone.
-AVAILABLE = bool(os.geteuid() == 0 and RCLONE and FUSERMOUNT and Path("/dev/fuse").exists()
+AVAILABLE = bool(os.geteuid() == 0 and rclone.BINARY and FUSERMOUNT
+                 and Path("/dev/fuse").exists()
                  and shutil.which(network.NFT, path=sysutil.HOST_ENV["PATH"]))
 
 MOUNT_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
-_REMOTE = "LEAP0"  # the name of rclone's env-defined remote
-# rclone's supported FUSE front-end. Its hidden ``mount2`` (go-fuse) read ~1.5x faster in
-# bench/bench_mounts.py, but rclone 1.60 does not list or document it: not what we call mature.
-MOUNT_COMMAND = "mount"
-# Read tuning (bench/bench_mounts.py). The two things that mattered:
-# - ``--no-checksum``: otherwise rclone MD5s every read that runs from the start of a file
-#   to its end, to compare with the ETag, and that hash was 40% of rclone's CPU here. The
-#   object still arrives over TCP (and TLS for https endpoints); an ETag is not even an MD5
-#   for multipart uploads.
-# - A large first range (128M, doubling): one GET per sequential read instead of one per
-#   chunk. Laziness does not depend on it: rclone reads a response only as far as its
-#   16 MiB ``--buffer-size`` ahead of the reader and drops the connection on close, so a
-#   1 MiB read of a large object fetches about 10 MiB (tests/mounts/test_through_runner.py).
-# The kernel may read ahead 4 MiB. FUSE requests stay 128 KiB (rclone does not negotiate
-# larger ones), which is the ceiling of the mount's throughput.
-READ_FLAGS: tuple[str, ...] = ("--vfs-read-chunk-size", "128M", "--buffer-size", "16M",
-                               "--max-read-ahead", "4M", "--no-checksum")
 
 # rclone processes this runner started, so they can be reaped (not left as zombies).
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
-_HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _MOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # it names files and dirs
 _PRIVATE = ".rw"  # under staging: the helper's private, writable view of the root
 
@@ -152,23 +135,6 @@ class SandboxHandle:
 
 def _record_path(handle: SandboxHandle, mount_id: str) -> Path:
     return handle.state_dir / "mounts" / f"{mount_id}.json"
-
-
-def _rclone_env(config: MountConfig) -> dict[str, str]:
-    # A clean environment: inherited AWS_* or proxy variables would change what rclone does.
-    prefix = f"RCLONE_CONFIG_{_REMOTE}_"
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/nonexistent",
-        prefix + "TYPE": "s3",
-        prefix + "PROVIDER": "Other",
-        prefix + "ENDPOINT": config.endpoint,
-        prefix + "ENV_AUTH": "false",
-    }
-    if config.access_key_id and config.secret_access_key:
-        env[prefix + "ACCESS_KEY_ID"] = config.access_key_id
-        env[prefix + "SECRET_ACCESS_KEY"] = config.secret_access_key
-    return env
 
 
 # Runs as `python -I -S -c _HELPER op init_pid staging mount_id path uid gid private`:
@@ -254,7 +220,7 @@ def _in_sandbox(handle: SandboxHandle, op: str, mount_id: str, path: str) -> Non
             handle.staging_sandbox, mount_id, path, str(handle.uid), str(handle.gid),
             _PRIVATE]
     try:
-        done = subprocess.run(argv, env={"PATH": _HOST_PATH, "LC_ALL": "C"},
+        done = subprocess.run(argv, env={"PATH": rclone.HOST_PATH, "LC_ALL": "C"},
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
                               check=False, cwd="/")
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -275,9 +241,9 @@ def _check_path(path: str) -> None:
 
 
 def attach(handle: SandboxHandle, config: MountConfig) -> None:
-    if not AVAILABLE or RCLONE is None:
-        raise RunnerError("object-storage mounts need rclone, fuse3, nftables and /dev/fuse "
-                          "on the host")
+    if not AVAILABLE or rclone.BINARY is None:
+        raise RunnerError("object-storage mounts need rclone (make rclone), fuse3, nftables "
+                          "and /dev/fuse on the host")
     if not handle.init_pid:
         raise RunnerError("the sandbox is not running")
     if not _MOUNT_ID.match(config.id):
@@ -295,26 +261,23 @@ def attach(handle: SandboxHandle, config: MountConfig) -> None:
     record = _record_path(handle, config.id)
     record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        _make(handle, config, _confinement(target, record), record)
+        confine = rclone.confinement(target, record.with_suffix(".hosts"),
+                                     record.with_suffix(".nsswitch"))
+        _make(handle, config, confine, record)
     except BaseException:
         detach(handle, config.id)  # the pins too
         raise
 
 
 def _make(handle: SandboxHandle, config: MountConfig, confine: list[str], record: Path) -> None:
-    assert RCLONE is not None
+    assert rclone.BINARY is not None
     _check_reachable(config, confine)
     host_dir = handle.staging_host / config.id
     host_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = (record.parent / f"{config.id}.log").open("ab")
-    remote = f"{_REMOTE}:{config.bucket}/{config.prefix}"
     process = subprocess.Popen(
-        [*confine, RCLONE, MOUNT_COMMAND, "--config", "/dev/null", remote, str(host_dir),
-         "--read-only", "--allow-other", "--default-permissions", "--vfs-cache-mode", "off",
-         # The sandbox user's files (not nobody's), and nobody else's: the kernel checks.
-         "--uid", str(handle.uid), "--gid", str(handle.gid), "--umask", "077",
-         "--dir-cache-time", "5s", "--poll-interval", "0", *READ_FLAGS],
-        env=_rclone_env(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        [*confine, *rclone.mount_argv(rclone.BINARY, config, host_dir, handle.uid, handle.gid)],
+        env=rclone.environment(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         start_new_session=True,  # outlives the backend, like the sandbox it serves
     )
     log.close()
@@ -327,25 +290,21 @@ def _make(handle: SandboxHandle, config: MountConfig, confine: list[str], record
         "prefix": config.prefix,
     }))
     _wait_mounted(process, host_dir)
+    if rclone.READ_AHEAD_KB is not None:
+        # The mount's own bdi, so no other file system reads ahead otherwise; a host whose
+        # sysfs refuses it still mounts, only slower.
+        dev = os.stat(host_dir).st_dev
+        with contextlib.suppress(OSError):
+            Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(
+                str(rclone.READ_AHEAD_KB))
     _in_sandbox(handle, "attach", config.id, config.mount_path)
-
-
-@dataclass(frozen=True)
-class _Target:
-    """The host an endpoint names and the addresses of it that passed the check."""
-
-    #: None when the endpoint is an address: nothing to resolve, nothing to pin.
-    name: str | None
-    addresses: tuple[str, ...]
-    #: Every address passes the guard without the operator's exception.
-    fenced: bool
 
 
 _REFUSED = ("the endpoint leads to an address mounts may not reach (loopback, link-local, "
             "this host, a sandbox network) unless the operator allows it")
 
 
-def _target(endpoint: str, egress: EgressSettings) -> _Target:
+def _target(endpoint: str, egress: EgressSettings) -> rclone.Target:
     """Resolve and check the endpoint's host now (module docstring)."""
     parts = urlsplit(endpoint)
     if "@" in parts.netloc or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -362,30 +321,7 @@ def _target(endpoint: str, egress: EgressSettings) -> _Target:
     allowed = tuple(a for a in found if guard.allows(a))
     if not allowed:
         raise RunnerError(_REFUSED)
-    return _Target(name, allowed, all(guard.allows_unless_excepted(a) for a in allowed))
-
-
-# Runs as root in rclone's own mount namespace: the copies of the mounts holding /etc/hosts
-# and /etc/nsswitch.conf become private, so the binds over them stay there.
-_PIN = ('set -e; for f in /etc/hosts /etc/nsswitch.conf; do '
-        'mount --make-private "$(findmnt -no TARGET -T "$f")"; done; '
-        'mount --bind "$1" /etc/hosts; mount --bind "$2" /etc/nsswitch.conf; shift 2; '
-        'exec "$@"')
-
-
-def _confinement(target: _Target, record: Path) -> list[str]:
-    """The argv that runs an rclone command pinned to ``target`` and, where it can be,
-    fenced in (module docstring)."""
-    argv = []
-    if target.fenced:
-        argv += ["setpriv", f"--regid={network.FENCED_GID}", "--clear-groups", "--"]
-    if target.name is not None:
-        hosts, nsswitch = record.with_suffix(".hosts"), record.with_suffix(".nsswitch")
-        hosts.write_text("".join(f"{a} {target.name}\n" for a in target.addresses))
-        nsswitch.write_text("hosts: files\n")
-        argv += ["unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c",
-                 _PIN, "leap0-pin", str(hosts), str(nsswitch)]
-    return argv
+    return rclone.Target(name, allowed, all(guard.allows_unless_excepted(a) for a in allowed))
 
 
 def _check_reachable(config: MountConfig, confine: list[str]) -> None:
@@ -394,14 +330,11 @@ def _check_reachable(config: MountConfig, confine: list[str]) -> None:
     ``rclone mount`` itself succeeds without reaching the endpoint (it is lazy), so a
     wrong endpoint, bucket or key would otherwise surface as an empty directory.
     """
-    assert RCLONE is not None
-    remote = f"{_REMOTE}:{config.bucket}/{config.prefix}"
+    assert rclone.BINARY is not None
     try:
         done = subprocess.run(
-            [*confine, RCLONE, "lsf", "--config", "/dev/null", "--max-depth", "1",
-             "--contimeout", "5s", "--timeout", "10s", "--retries", "1",
-             "--low-level-retries", "1", remote],
-            env=_rclone_env(config), capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S,
+            [*confine, *rclone.list_argv(rclone.BINARY, config)],
+            env=rclone.environment(config), capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S,
             check=False,
         )
     except subprocess.TimeoutExpired:

@@ -8,7 +8,6 @@ bucket's objects inside the sandbox needs the runner's FUSE mounts and a local S
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from pulumi_leap0 import spec
+from pulumi_leap0.runner import rclone
 from tests.backend.helpers import TEMPLATE, http, sdk
 from tests.fixtures.backend import BackendServer
 from tests.fixtures.s3 import S3
@@ -129,14 +129,14 @@ def test_mount_limit(
 
 
 def _fuse_ready() -> bool:
-    return Path("/dev/fuse").exists() and shutil.which("rclone") is not None
+    return Path("/dev/fuse").exists() and rclone.BINARY is not None
 
 
 @pytest.mark.root
 def test_bucket_contents_appear_inside_the_sandbox(
     backend: BackendServer, api_key: str, s3_endpoint: str, mounts_available: bool
 ) -> None:
-    require(_fuse_ready(), "FUSE mounts need /dev/fuse and rclone")
+    require(_fuse_ready(), "FUSE mounts need /dev/fuse and rclone (make rclone)")
     _require_mounts(mounts_available)
     with sdk(backend, api_key) as leap0:
         box = leap0.sandboxes.create(
@@ -227,7 +227,7 @@ def test_mounts_are_served_again_after_a_restart_even_if_rclone_died(
 
     from tests.fixtures.backend import running_backend
 
-    require(_fuse_ready(), "FUSE mounts need /dev/fuse and rclone")
+    require(_fuse_ready(), "FUSE mounts need /dev/fuse and rclone (make rclone)")
     _require_mounts(mounts_available)
     with running_backend() as own, http(own, own.new_api_key()) as raw:
         created = raw.post("/v1/sandbox", json={

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pulumi_leap0.runner import mounts, sysutil
+from pulumi_leap0.runner import mounts, rclone, sysutil
 from pulumi_leap0.runner.errors import RunnerError
 from pulumi_leap0.runner.network import EgressSettings
 from pulumi_leap0.runner.types import MountConfig
@@ -110,6 +110,11 @@ def test_attach_binds_the_bucket_read_only_in_the_namespace_only(bare: Bare, s3:
     # The bind exists only inside: the host has the FUSE mount at staging, not at the path.
     assert not sysutil.is_mountpoint(target)
     assert sysutil.is_mountpoint(bare.handle.staging_host / "mnt-a")
+    # The kernel reads ahead as far as the runner asked, on this mount alone (its own bdi).
+    dev = os.stat(bare.handle.staging_host / "mnt-a").st_dev
+    bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    assert bdi.read_text().strip() == str(rclone.READ_AHEAD_KB)
+    assert os.stat(bare.handle.staging_host).st_dev != dev
     # Neither the mount table (inside or out) nor the record holds a credential.
     record = (bare.handle.state_dir / "mounts" / "mnt-a.json").read_text()
     for text in (bare.mountinfo(), Path("/proc/self/mountinfo").read_text(), record):
