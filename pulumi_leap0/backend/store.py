@@ -407,44 +407,18 @@ class Store:
         sandbox_id = new_sandbox_id()
         now = time.time()
         with self._transaction() as db:
-            if template_id is not None and db.execute(
-                    "SELECT 1 FROM templates WHERE id = ? AND digest IS NOT NULL",
-                    (template_id,)).fetchone() is None:
-                raise TemplateConflict("the template was deleted meanwhile")
-            (existing,) = db.execute(
-                "SELECT COUNT(*) FROM sandboxes WHERE org_id = ? AND state != ?",
-                (org_id, spec.SandboxState.DELETED.value),
-            ).fetchone()
-            if existing >= limit:
-                raise QuotaExceeded(existing)
-            _claim_memory(db, request.memory, memory_capacity_mib)
+            _admit(db, org_id, request.memory, limit=limit, capacity=memory_capacity_mib,
+                   template_id=template_id)
+            policy = request.network_policy
             db.execute(
-                f"INSERT INTO sandboxes ({_SANDBOX_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    sandbox_id,
-                    org_id,
-                    request.template_name,
-                    request.vcpu,
-                    request.memory,
-                    disk,
-                    request.timeout,
-                    int(request.auto_pause),
-                    json.dumps(request.env_vars),
-                    request.network_policy.model_dump_json()
-                    if request.network_policy
-                    else None,
-                    spec.SandboxState.STARTING.value,
-                    iso(now),
-                    now,
-                    iso(now),
-                    None,
-                    now + request.timeout,
-                ),
+                f"INSERT INTO sandboxes ({_SANDBOX_COLUMNS}, template_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sandbox_id, org_id, request.template_name, request.vcpu, request.memory,
+                 disk, request.timeout, int(request.auto_pause), json.dumps(request.env_vars),
+                 policy.model_dump_json() if policy else None,
+                 spec.SandboxState.STARTING.value, iso(now), now, iso(now), None,
+                 now + request.timeout, template_id),
             )
-            if template_id is not None:
-                db.execute("UPDATE sandboxes SET template_id = ? WHERE id = ?",
-                           (template_id, sandbox_id))
             for offset, mount in enumerate(request.mounts):
                 db.execute(
                     "INSERT INTO mounts (id, sandbox_id, config, created_ts) VALUES (?, ?, ?, ?)",
@@ -831,6 +805,24 @@ def _snapshot(row: sqlite3.Row) -> SnapshotRecord:
         ready=bool(row["ready"]), size_bytes=row["size_bytes"], created_at=row["created_at"],
         created_ts=row["created_ts"],
     )
+
+
+def _admit(db: sqlite3.Connection, org_id: str, memory: int, *, limit: int,
+           capacity: int | None, template_id: str | None) -> None:
+    """Inside a write transaction: whether a new sandbox of ``org_id`` may be inserted:
+    its user template still there (``TemplateConflict``), the organization under its
+    limit (``QuotaExceeded``), its memory within the capacity (``NoCapacity``)."""
+    if template_id is not None and db.execute(
+            "SELECT 1 FROM templates WHERE id = ? AND digest IS NOT NULL",
+            (template_id,)).fetchone() is None:
+        raise TemplateConflict("the template was deleted meanwhile")
+    (existing,) = db.execute(
+        "SELECT COUNT(*) FROM sandboxes WHERE org_id = ? AND state != ?",
+        (org_id, spec.SandboxState.DELETED.value),
+    ).fetchone()
+    if existing >= limit:
+        raise QuotaExceeded(existing)
+    _claim_memory(db, memory, capacity)
 
 
 def _claim_memory(db: sqlite3.Connection, memory: int, capacity: int | None) -> None:
