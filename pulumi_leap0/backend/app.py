@@ -13,6 +13,7 @@ from pathlib import Path
 
 from anyio import to_thread
 from fastapi import APIRouter, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from starlette.middleware import Middleware
 
 from pulumi_leap0.backend import capacity, errors, runtime, shares
@@ -42,6 +43,8 @@ MIDDLEWARE = [
     Middleware(BodyLimit),
     Middleware(InternalErrors),
 ]
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False,
+                                 "operation_spans": False}
 #: In the order routes are matched (one module per tag of the OpenAPI document).
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -99,6 +102,9 @@ def create_app(data_dir: Path, runner: runtime.Runner | None = None, *,
         middleware=MIDDLEWARE,
         exception_handlers=errors.HANDLERS,
         redirect_slashes=False,  # routing.Router serves both forms itself
+        # FastAPI's native OpenTelemetry: nothing here configures a provider, and its check
+        # for one runs on every request; its logs would carry exception messages.
+        telemetry=NO_TELEMETRY,
         # Flat, not ``include_router``: FastAPI 0.165 nests an included router and matches a
         # request twice through it (680 Python calls per GET instead of 457). Each route
         # already carries its router's tags and prefix.

@@ -58,21 +58,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="leap0-backend", description="A local server that speaks the Leap0 API."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def data_dir_option(command: argparse.ArgumentParser) -> None:
-        command.add_argument(
-            "--data-dir",
-            type=Path,
-            default=None,
-            help=f"state folder (default: ${DATA_DIR_ENV} or a per-user data folder)",
-        )
-
-    serve = commands.add_parser("serve", help="serve the Leap0 API")
+def _serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--log-level", default="info",
@@ -109,6 +95,24 @@ def _parser() -> argparse.ArgumentParser:
                        help="serve HTTPS with this certificate (chain) and --tls-key: the "
                        "SDK's preview URLs are https")
     serve.add_argument("--tls-key", metavar="PEM", type=Path, default=None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leap0-backend", description="A local server that speaks the Leap0 API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def data_dir_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help=f"state folder (default: ${DATA_DIR_ENV} or a per-user data folder)",
+        )
+
+    serve = commands.add_parser("serve", help="serve the Leap0 API")
+    _serve_options(serve)
     data_dir_option(serve)
 
     api_key = commands.add_parser("api-key", help="manage API keys")
@@ -153,6 +157,8 @@ def _serve(host: str, port: int, data_dir: Path, log_level: str,
         port=port,
         log_level=log_level,
         access_log=False,
+        # Nothing reads the client's address, and no X-Forwarded-* header is to be believed.
+        proxy_headers=False,
         loop="auto",
         http="auto",
         lifespan="on",

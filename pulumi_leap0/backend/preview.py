@@ -149,7 +149,10 @@ class Preview:
     async def _forward(self, target: Target, scope: Scope, receive: Receive,
                        send: Send) -> None:
         record = target.sandbox
-        await self.lifecycle.ensure_running(record)  # a paused sandbox resumes, as for exec
+        # Read by _resolve with no await since: a running one needs no second read. A paused
+        # sandbox resumes, as for exec.
+        if record.state != spec.SandboxState.RUNNING:
+            record = await self.lifecycle.ensure_running(record)
         drop = HOP_BY_HOP | (API_KEY_HEADERS if target.strip_api_key else frozenset())
         headers = [(name, value) for name, value in scope["headers"] if name not in drop]
         path = scope.get("raw_path") or scope["path"].encode()
