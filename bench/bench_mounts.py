@@ -328,7 +328,7 @@ def main() -> None:
                 *enumerate(candidates), *reversed(list(enumerate(candidates)))]:
             rclone.BINARY, rclone.MOUNT_COMMAND, rclone.READ_FLAGS = path, command, flags
             rclone.READ_AHEAD_KB = ra
-            runner.mount(sandbox_id, MountConfig(
+            runner.mounts.attach(sandbox_id, MountConfig(
                 id="mnt-bench", bucket=BUCKET, mount_path="/mnt/bench", endpoint=endpoint,
                 prefix="data/", access_key_id=KEY_ID, secret_access_key=SECRET))
             figures = measure(runner, sandbox_id, client, size, runs)

@@ -462,11 +462,11 @@ class Lifecycle:
             except MountConflict as exc:
                 raise conflict(str(exc)) from None
             try:
-                await self._run(self.runner.mount, sandbox_id, runtime.mount_config(record))
+                await self._run(self.runner.mounts.attach, sandbox_id, runtime.mount_config(record))
             except Exception as exc:
                 self.store.delete_mount(sandbox_id, record.id)
                 with contextlib.suppress(Exception):
-                    await self._run(self.runner.unmount, sandbox_id, record.id)
+                    await self._run(self.runner.mounts.detach, sandbox_id, record.id)
                 raise _mount_failed(exc) from None
         return record
 
@@ -483,14 +483,16 @@ class Lifecycle:
             except MountConflict as exc:
                 raise conflict(str(exc)) from None
             try:
-                await self._run(self.runner.unmount, sandbox_id, mount_id)
-                await self._run(self.runner.mount, sandbox_id, runtime.mount_config(changed))
+                await self._run(self.runner.mounts.detach, sandbox_id, mount_id)
+                await self._run(self.runner.mounts.attach, sandbox_id,
+                                runtime.mount_config(changed))
             except Exception as exc:
                 # Put the old mount back, in the store and (as far as possible) in the sandbox.
                 self.store.replace_mount(sandbox_id, mount_id, current.config)
                 with contextlib.suppress(Exception):
-                    await self._run(self.runner.unmount, sandbox_id, mount_id)
-                    await self._run(self.runner.mount, sandbox_id, runtime.mount_config(current))
+                    await self._run(self.runner.mounts.detach, sandbox_id, mount_id)
+                    await self._run(self.runner.mounts.attach, sandbox_id,
+                                    runtime.mount_config(current))
                 raise _mount_failed(exc) from None
         return changed
 
@@ -499,7 +501,7 @@ class Lifecycle:
         await self.ensure_running(sandbox)
         async with self._lock(sandbox_id):
             self._mount(self._require_state(sandbox_id, S.RUNNING), mount_id)
-            await self._run(self.runner.unmount, sandbox_id, mount_id)
+            await self._run(self.runner.mounts.detach, sandbox_id, mount_id)
             self.store.delete_mount(sandbox_id, mount_id)
 
     def _require_state(self, sandbox_id: str, state: spec.SandboxState) -> SandboxRecord:
@@ -605,7 +607,7 @@ class Lifecycle:
         from the store."""
         configs = [runtime.mount_config(m) for m in record.mounts]
         try:
-            again = await self._run(self.runner.reconcile_mounts, record.id, configs)
+            again = await self._run(self.runner.mounts.reconcile, record.id, configs)
             if again:
                 log.info("sandbox %s: mounts served again: %s", record.id, ", ".join(again))
             if record.network_policy is not None and await self._run(

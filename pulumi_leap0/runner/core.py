@@ -28,12 +28,12 @@ On any failure everything the call made is removed before ``RunnerError`` is rai
 A running sandbox is its init: ``exec`` (``exec.py``) enters its namespaces; ``freeze`` and
 ``thaw`` are the cgroup freezer. What else is done to it is an object beside the lifecycle,
 by sandbox id: ``files`` (``sandboxfiles.py``: its file helper, a process of its own),
-``terminals``, ``git``, ``snapshots``, ``ingress`` and ``identities``. ``stop`` kills every
-process (file helper and terminals first) but keeps the writable layer for the next
-``start``; ``destroy`` removes every trace (both ``_teardown``). After a backend restart
-``recover`` keeps the known sandboxes and destroys the orphans, and ``reconcile_mounts`` and
-``reconcile_network`` start again the host-side helpers (rclone, the egress filter) that
-died meanwhile.
+``terminals``, ``git``, ``snapshots``, ``ingress``, ``identities`` and ``mounts``
+(``sandboxmounts.py``). ``stop`` kills every process (file helper and terminals first) but
+keeps the writable layer for the next ``start``; ``destroy`` removes every trace (both
+``_teardown``). After a backend restart ``recover`` keeps the known sandboxes and destroys
+the orphans, and ``mounts.reconcile`` and ``reconcile_network`` start again the host-side
+helpers (rclone, the egress filter) that died meanwhile.
 
 Inside, the sandbox user is ``template.uid`` in its own user namespace, mapped to a host
 uid of the sandbox's own (``identity.UidPool``: claimed at its first start, released by
@@ -52,7 +52,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pulumi_leap0 import spec
@@ -65,6 +65,7 @@ from pulumi_leap0.runner import (
     launch,
     layer,
     mounts,
+    netns,
     network,
     seccomp,
     snapshots,
@@ -80,11 +81,11 @@ from pulumi_leap0.runner.exec import DEFAULT_EXEC_TIMEOUT_S, run_command
 from pulumi_leap0.runner.git import SandboxGit
 from pulumi_leap0.runner.images import ImageStore
 from pulumi_leap0.runner.sandboxfiles import SandboxFiles
+from pulumi_leap0.runner.sandboxmounts import SandboxMounts
 from pulumi_leap0.runner.state import SANDBOX_ID, SandboxState, Steps, check_id
 from pulumi_leap0.runner.templates import Template, TemplateRegistry
 from pulumi_leap0.runner.types import (
     ExecResult,
-    MountConfig,
     SandboxConfig,
     SandboxStats,
     check_env,
@@ -146,6 +147,7 @@ class Runner:
         self.snapshots = snapshots.Snapshots(records, self._cgroups, cg, self._id_lock)
         self.ingress = ingress.Ingress(records)
         self.identities = identity.Identities(records, self.templates)
+        self.mounts = SandboxMounts(records, self.egress, self._id_lock)
 
     # --- Where things are -----------------------------------------------------------------
 
@@ -227,7 +229,7 @@ class Runner:
                 raise
             finally:
                 if self._netns:
-                    network.refill(self.scope)  # after the start: it competes for the CPU
+                    netns.refill(self.scope)  # after the start: it competes for the CPU
             log.debug("started %s: %s", config.id, steps, extra={"steps": steps.times})
 
     def _boot(self, config: SandboxConfig, template: Template,
@@ -294,7 +296,7 @@ class Runner:
             steps("ready")
         self._records.put(box)
         for mount in config.mounts:
-            mounts.attach(self._mount_handle(box), mount)
+            mounts.attach(self.mounts.handle(box), mount)
         steps("record")
 
     def _host_identity(self, sandbox_id: str,
@@ -321,15 +323,6 @@ class Runner:
             log.warning("keeping the host uid of %s: its directories are not gone", sandbox_id)
             return
         self._uids.release(self._uid_owner(sandbox_id))
-
-    def _mount_handle(self, box: SandboxState) -> mounts.SandboxHandle:
-        return mounts.SandboxHandle(
-            sandbox_id=box.id, init_pid=box.init_pid,
-            state_dir=self._records.state_dir(box.id),
-            staging_host=self._records.runtime(box.id) / "mnt",
-            staging_sandbox=layer.STAGING_SANDBOX, uid=box.host_uid, gid=box.host_gid,
-            egress=self.egress,
-        )
 
     # --- Exec and the freezer -------------------------------------------------------------
 
@@ -383,7 +376,7 @@ class Runner:
         """Give back what the runner holds ahead of starts (network namespaces); sandboxes
         keep running. A later ``start`` works, and makes them again."""
         if self._netns:
-            network.drain(self.scope)
+            netns.drain(self.scope)
 
     def _teardown(self, sandbox_id: str, *, keep_layer: bool) -> None:
         self._files.stop(sandbox_id)
@@ -394,7 +387,7 @@ class Runner:
             # Also when the sandbox died: its rclone processes live on the host. Its init pid
             # may name another process by now (even a host one): pass 0, so that no
             # namespace is entered and nothing is unmounted there.
-            handle = self._mount_handle(box)
+            handle = self.mounts.handle(box)
             if not (box.init_pid and box.running):
                 handle = dataclasses.replace(handle, init_pid=0)
             with contextlib.suppress(Exception):
@@ -493,28 +486,3 @@ class Runner:
         if not network.needs_filter(policy):
             return []
         return egress_filter.cgroup(self._cgroups, self._cg(sandbox_id))
-
-    # --- Mounts ---------------------------------------------------------------------------
-
-    def mount(self, sandbox_id: str, mount: MountConfig) -> None:
-        box = self._records.running(sandbox_id)
-        with self._id_lock(box.id):
-            mounts.attach(self._mount_handle(box), mount)
-
-    def unmount(self, sandbox_id: str, mount_id: str) -> None:
-        box = self._records.running(sandbox_id)
-        with self._id_lock(box.id):
-            mounts.detach(self._mount_handle(box), mount_id)
-
-    def reconcile_mounts(self, sandbox_id: str, configs: Sequence[MountConfig]) -> list[str]:
-        """After a restart, serve exactly ``configs``: mounts not among them, or whose rclone
-        died meanwhile, are detached, and the missing ones attached again. Returns the ids
-        attached again."""
-        box = self._records.running(sandbox_id)
-        with self._id_lock(box.id):
-            handle = self._mount_handle(box)
-            missing = mounts.reconcile(handle, [config.id for config in configs])
-            for config in configs:
-                if config.id in missing:
-                    mounts.attach(handle, config)
-            return missing

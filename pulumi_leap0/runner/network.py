@@ -32,18 +32,17 @@ header values) or None for the default, allow-all.
     Called by stop/destroy/recover after every sandbox process is dead. Idempotent.
 ``list_netns(scope) -> list[str]``
     Sandbox ids that have a namespace of this runner scope, for orphan recovery.
-``refill(scope)``
-    Called by ``Runner.start`` after each start: make namespaces ahead for the next ones, in
-    the background (``_Pool``; ``setup`` takes one when it has one, else makes its own).
-``drain(scope)``
-    Called by ``Runner.close``: remove the namespaces made ahead (also done at exit).
+``netns.refill(scope)``, ``netns.drain(scope)``
+    Called by ``Runner.start`` after each start and by ``Runner.close``: make namespaces
+    ahead for the next starts, in the background, and remove them (``runner/netns.py``;
+    ``setup`` takes one when it has one, else makes its own).
 
 What each policy gets:
 
 * ``deny-all``: loopback and nothing else. No route, no interface: no TCP, UDP or DNS
   leaves the sandbox, whatever the program does.
 * ``allow-all`` (and no policy): a veth pair to the host with a private /30 from
-  ``SANDBOX_NET``, a default route through the host, and masquerade on the way out. The
+  ``netns.SANDBOX_NET``, a default route through the host, and masquerade on the way out. The
   host's nftables table ``inet leap0`` keeps sandboxes from reaching each other and the
   host's own services (only replies come back in).
 * ``custom``: the allow-all plumbing, plus nftables rules inside the sandbox's namespace
@@ -55,7 +54,7 @@ What each policy gets:
 
 IPv4 only, in every mode: IPv6 is disabled on both ends of every veth, so neither has an
 address (not even ``fe80::``) for the other side to reach, and the host table drops any IPv6
-packet that comes from or goes to a sandbox veth anyway (``VETH_GROUP``). Both, because each
+packet that comes from or goes to a sandbox veth anyway (``netns.VETH_GROUP``). Both, because each
 covers a failure of the other: a host whose firewall manager flushes nftables still gives
 the veths no IPv6, and a veth that somehow gets an address (an operator's sysctl, a
 template of #13 that asks for it) still meets the table. The sandbox's own loopback keeps
@@ -70,37 +69,24 @@ nobody else. When it was already on, forwarding is the operator's and left alone
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
-import fcntl
-import hashlib
-import ipaddress
 import logging
 import os
 import re
-import socket
-import struct
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pulumi_leap0 import spec
-from pulumi_leap0.runner import egress_filter, sysutil
+from pulumi_leap0.runner import egress_filter, netns, sysutil
 from pulumi_leap0.runner.egress import DNS_PORT, PROXY_PORT, EgressConfig
 from pulumi_leap0.runner.errors import RunnerError
 
 log = logging.getLogger("leap0.runner")
 
-NETNS_DIR = Path("/run/netns")
 PREFIX = "leap0-"
-#: Names of namespaces made ahead (``_Pool``), ``leap0p-<scope>-<pid>-<n>``: never a sandbox's.
-PREPARED_PREFIX = "leap0p-"
-#: How many a runner scope keeps made ahead, connected (a veth) and loopback only.
-PREPARED = {True: 2, False: 1}
-IP = "ip"
 NFT = "nft"
 #: The sandbox's trust bundle, where the CA of transform domains is: inside every sandbox
 #: with transforms, and over the system bundle wherever the template has one.
@@ -108,11 +94,6 @@ TRUST_BUNDLE = "/run/leap0/ca-certificates.crt"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TRUST_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
 
-#: Where sandboxes' veth addresses come from: one /30 each (host .1, sandbox .2).
-SANDBOX_NET = ipaddress.IPv4Network("10.201.0.0/16")
-_SLOTS = SANDBOX_NET.num_addresses // 4
-#: The interface group of every sandbox veth's host end: how the host table knows them.
-VETH_GROUP = 7840
 #: The group host-side helpers that dial for a sandbox run with (rclone, ``mounts.py``):
 #: the host table refuses their packets to whatever the egress address guard refuses
 #: (``egress/resolve.py``), whatever they were redirected or resolved to. Below the
@@ -120,7 +101,7 @@ VETH_GROUP = 7840
 FENCED_GID = 1_999_999_999
 #: Never dialled for a sandbox (besides this host's own addresses): link-local (cloud
 #: metadata), multicast, "this network", reserved and broadcast, the sandbox networks.
-FENCED_CIDRS = ("169.254.0.0/16", "224.0.0.0/4", "0.0.0.0/8", "240.0.0.0/4", str(SANDBOX_NET))
+FENCED_CIDRS = ("169.254.0.0/16", "224.0.0.0/4", "0.0.0.0/8", "240.0.0.0/4", str(netns.SANDBOX_NET))
 
 # One table of our own, replaced whole in one transaction so rules never pile up:
 # sandboxes reach the world, not each other and not the host (replies to their own
@@ -136,21 +117,21 @@ def _whole_table(name: str, chains: str) -> str:
 _NFT_RULES = _whole_table("inet leap0", f"""
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {SANDBOX_NET} ip daddr != {SANDBOX_NET} masquerade
+        ip saddr {netns.SANDBOX_NET} ip daddr != {netns.SANDBOX_NET} masquerade
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
-        iifgroup {VETH_GROUP} meta nfproto ipv6 drop
-        oifgroup {VETH_GROUP} meta nfproto ipv6 drop
-        ip saddr {SANDBOX_NET} ip daddr {SANDBOX_NET} drop
+        iifgroup {netns.VETH_GROUP} meta nfproto ipv6 drop
+        oifgroup {netns.VETH_GROUP} meta nfproto ipv6 drop
+        ip saddr {netns.SANDBOX_NET} ip daddr {netns.SANDBOX_NET} drop
     }}
     chain input {{
         type filter hook input priority filter; policy accept;
-        iifgroup {VETH_GROUP} meta nfproto ipv6 drop
-        iifgroup {VETH_GROUP} ct state established,related accept
-        iifgroup {VETH_GROUP} drop
-        ip saddr {SANDBOX_NET} ct state established,related accept
-        ip saddr {SANDBOX_NET} drop
+        iifgroup {netns.VETH_GROUP} meta nfproto ipv6 drop
+        iifgroup {netns.VETH_GROUP} ct state established,related accept
+        iifgroup {netns.VETH_GROUP} drop
+        ip saddr {netns.SANDBOX_NET} ct state established,related accept
+        ip saddr {netns.SANDBOX_NET} drop
     }}
     chain output {{
         type filter hook output priority filter; policy accept;
@@ -167,7 +148,7 @@ _NFT_RULES = _whole_table("inet leap0", f"""
 _NFT_FORWARD_SCOPE = _whole_table("inet leap0_forward", f"""
     chain forward {{
         type filter hook forward priority filter; policy accept;
-        meta nfproto ipv4 iifgroup != {VETH_GROUP} oifgroup != {VETH_GROUP} drop
+        meta nfproto ipv4 iifgroup != {netns.VETH_GROUP} oifgroup != {netns.VETH_GROUP} drop
     }}
 """)
 
@@ -224,308 +205,8 @@ def netns_name(sandbox_id: str, scope: str) -> str:
     return f"{PREFIX}{scope}-{sandbox_id}"
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [IP, *args], env=sysutil.HOST_ENV, capture_output=True, text=True, check=False, timeout=30
-    )
-
-
 def _mode(policy: spec.NetworkPolicy | None) -> str:
     return policy.mode if policy is not None else "allow-all"
-
-
-def _veth_names(name: str) -> tuple[str, str]:
-    # Interface names are at most 15 characters; a hash of the namespace name fits.
-    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
-    return f"l0h{digest}", f"l0s{digest}"
-
-
-def _free_slot(name: str) -> ipaddress.IPv4Network:
-    """A /30 no interface on the host uses yet, starting from one derived from the name."""
-    used = _ip("-4", "-o", "addr", "show").stdout
-    start = int(hashlib.sha256(name.encode()).hexdigest(), 16) % _SLOTS
-    for offset in range(_SLOTS):
-        subnet = ipaddress.IPv4Network(
-            (int(SANDBOX_NET.network_address) + 4 * ((start + offset) % _SLOTS), 30)
-        )
-        if f" {subnet.network_address + 1}/30 " not in used:
-            return subnet
-    raise RunnerError(f"no free address left in {SANDBOX_NET} for a sandbox network")
-
-
-def _connect(name: str, *, host_up: bool = True) -> None:
-    """veth to the host, default route through it, NAT out (allow-all); IPv4 only. A
-    namespace made ahead keeps its host end down until a sandbox takes it (``_adopt``)."""
-    host_if, sandbox_if = _veth_names(name)
-    subnet = _free_slot(name)
-    host_ip, sandbox_ip = subnet.network_address + 1, subnet.network_address + 2
-    # Interfaces made in the namespace from now on (its eth0) get no IPv6; its loopback,
-    # made with it, keeps ::1.
-    _in_netns(NETNS_DIR / name, lambda: _disable_ipv6(Path(_DEFAULT_IPV6_SWITCH)))
-    # Two `ip -batch` runs instead of seven `ip` runs.
-    host_side = (f"link add {host_if} group {VETH_GROUP} type veth peer name {sandbox_if} "
-                 f"netns {name}\n"
-                 f"addr add {host_ip}/30 dev {host_if}\n"
-                 + (f"link set {host_if} up\n" if host_up else ""))
-    sandbox_side = (f"link set {sandbox_if} name eth0\n"
-                    f"addr add {sandbox_ip}/30 dev eth0\n"
-                    "link set eth0 up\n"
-                    f"route add default via {host_ip}\n")
-    for prefix, batch in (((), host_side), (("-n", name), sandbox_side)):
-        done = subprocess.run([IP, *prefix, "-batch", "-"], input=batch, env=sysutil.HOST_ENV,
-                              capture_output=True, text=True, check=False, timeout=30)
-        if done.returncode != 0:
-            raise RunnerError(f"could not connect the sandbox network: {done.stderr.strip()}")
-        if not prefix:
-            # Before the host end is up: a veth has no carrier, so no address, until then.
-            _disable_ipv6(Path(f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"))
-    install_host_rules()
-
-
-def _make(name: str, connected: bool, *, host_up: bool = True) -> None:
-    """A new namespace ``name``, its loopback up and, ``connected``, its veth."""
-    made = _ip("netns", "add", name)
-    if made.returncode != 0:
-        raise RunnerError(f"could not create network namespace: {made.stderr.strip()}")
-    up = _ip("-n", name, "link", "set", "lo", "up")
-    if up.returncode != 0:
-        raise RunnerError(f"could not bring up loopback: {up.stderr.strip()}")
-    if connected:
-        _connect(name, host_up=host_up)
-
-
-# --- Namespaces made ahead ------------------------------------------------------------------
-#
-# Making a namespace and its veth takes five `ip` runs, most of a start's network cost. So
-# each runner scope keeps a few made ahead (``PREPARED``), by a thread of its own between
-# starts: exactly what ``_make`` gives a sandbox, under a name no sandbox has, its host end
-# down. ``setup`` takes one out of the pool for good (nothing is ever put back), names it the
-# sandbox's (a bind mount of the namespace file, the old name unmounted), names its host end
-# the sandbox's and brings it up; from then on it is that sandbox's alone and goes with it
-# (``teardown``). A namespace is made for one sandbox and never serves another. The pool is
-# the runner's, not an organization's: nothing of it is in the store or counts against a
-# quota. What is left at exit is removed (``atexit``); what a killed process left, by the
-# next pool of its scope (the process id in the name is dead).
-
-_SIOCSIFNAME, _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8923, 0x8913, 0x8914, 0x1
-
-
-def _rename_up(old: str, new: str) -> None:
-    """Rename a (down) host interface and bring it up: two ioctls, no process."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        fcntl.ioctl(sock, _SIOCSIFNAME, struct.pack("16s16s8x", old.encode(), new.encode()))
-        got = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack("16sH22x", new.encode(), 0))
-        flags = struct.unpack("16sH22x", got)[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", new.encode(), flags | _IFF_UP))
-
-
-def _move_netns(src: Path, dst: Path) -> None:
-    """The namespace at ``src`` at ``dst`` instead (as ``ip netns attach`` names one)."""
-    os.close(os.open(dst, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
-    try:
-        sysutil.mount(str(src), dst, None, sysutil.MS_BIND)
-    except OSError:
-        os.unlink(dst)
-        raise
-    sysutil.umount(src)
-    os.unlink(src)
-
-
-def _discard(name: str) -> None:
-    host_if, _ = _veth_names(name)
-    if Path(f"/sys/class/net/{host_if}").exists():
-        _ip("link", "delete", host_if)
-    if (NETNS_DIR / name).exists():
-        _ip("netns", "delete", name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-class _Pool:
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-        self._cond = threading.Condition()
-        self._ready: dict[bool, list[str]] = {True: [], False: []}
-        self._made = 0
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def take(self, connected: bool) -> str | None:
-        with self._cond:
-            ready = self._ready[connected]
-            return ready.pop(0) if ready else None
-
-    def ready(self) -> list[str]:
-        with self._cond:
-            return [*self._ready[True], *self._ready[False]]
-
-    def refill(self) -> None:
-        with self._cond:
-            if self._stopped:
-                return
-            if self._thread is None:
-                self._sweep()
-                self._thread = threading.Thread(target=self._fill, name="leap0-netns-pool",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def drain(self) -> None:
-        with self._cond:
-            self._stopped = True
-            names = self._ready[True] + self._ready[False]
-            self._ready = {True: [], False: []}
-            self._cond.notify()
-            thread = self._thread
-        for name in names:
-            with contextlib.suppress(Exception):
-                _discard(name)
-        if thread is not None and thread.native_id is not None:
-            with contextlib.suppress(OSError):  # its current one made at full speed
-                os.setpriority(os.PRIO_PROCESS, thread.native_id, 0)
-            thread.join(timeout=10)  # it removes the one it was making
-
-    @staticmethod
-    def _sweep() -> None:
-        """Namespaces a process that is dead now made ahead and never gave away, whatever
-        its scope (a killed backend's scope may never run again)."""
-        with contextlib.suppress(OSError):
-            for name in os.listdir(NETNS_DIR):
-                parts = name[len(PREPARED_PREFIX):].split("-")
-                if (name.startswith(PREPARED_PREFIX) and len(parts) == 3
-                        and parts[1].isdigit() and not _alive(int(parts[1]))):
-                    with contextlib.suppress(Exception):
-                        _discard(name)
-
-    def _fill(self) -> None:
-        # Niceness is per thread on Linux and the `ip` runs inherit it: making namespaces
-        # ahead yields the CPU to the sandboxes just started and to the calls they get.
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        while True:
-            with self._cond:
-                while not self._stopped and all(
-                        len(self._ready[kind]) >= n for kind, n in PREPARED.items()):
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                connected = len(self._ready[True]) < PREPARED[True]
-                self._made += 1
-                name = f"{PREPARED_PREFIX}{self.scope}-{os.getpid()}-{self._made}"
-            try:
-                _make(name, connected, host_up=False)
-            except Exception as exc:  # starts make their own again; say why, once
-                log.warning("no network namespaces made ahead: %s", exc)
-                with self._cond:
-                    self._stopped = True
-            with self._cond:
-                if not self._stopped:
-                    self._ready[connected].append(name)
-                    continue
-            with contextlib.suppress(Exception):
-                _discard(name)
-            return
-
-
-_pools: dict[str, _Pool] = {}
-_pools_lock = threading.Lock()
-
-
-def _pool(scope: str) -> _Pool:
-    with _pools_lock:
-        return _pools.setdefault(scope, _Pool(scope))
-
-
-def refill(scope: str) -> None:
-    """Make namespaces ahead for ``scope``'s next starts, in the background."""
-    _pool(scope).refill()
-
-
-def prepared(scope: str) -> list[str]:
-    """The namespaces ``scope`` has made ahead and not given away yet, by name."""
-    return _pool(scope).ready()
-
-
-def drain(scope: str) -> None:
-    """Remove what ``scope`` made ahead (a runner closing); a later ``refill`` starts over."""
-    with _pools_lock:
-        pool = _pools.pop(scope, None)
-    if pool is not None:
-        pool.drain()
-
-
-@atexit.register
-def _drain_pools() -> None:
-    with _pools_lock:
-        pools = list(_pools.values())
-        _pools.clear()
-    for pool in pools:
-        pool.drain()
-
-
-def _adopt(taken: str | None, name: str, connected: bool) -> bool:
-    """Make ``taken``, a namespace made ahead, the sandbox's ``name``; False without one."""
-    if taken is None:
-        return False
-    try:
-        _move_netns(NETNS_DIR / taken, NETNS_DIR / name)
-    except OSError as exc:
-        log.warning("a network namespace made ahead could not be used: %s", exc)
-        with contextlib.suppress(Exception):
-            _discard(taken)
-        return False
-    if connected:
-        try:
-            _rename_up(_veth_names(taken)[0], _veth_names(name)[0])
-        except OSError as exc:
-            raise RunnerError(f"could not connect the sandbox network: {exc}") from exc
-    return True
-
-
-def _disable_ipv6(switch: Path) -> None:
-    if Path("/proc/sys/net/ipv6").is_dir():  # else the kernel has no IPv6 at all
-        switch.write_text("1")
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-_DEFAULT_IPV6_SWITCH = "/proc/sys/net/ipv6/conf/default/disable_ipv6"
-
-
-def _in_netns(netns: Path, work: Callable[[], None]) -> None:
-    """Run ``work`` (a /proc/sys/net write) in another network namespace. /proc/sys/net shows
-    the namespace of the thread that opens it, so a thread of its own joins the namespace
-    (setns affects that thread only, and it ends right after): no process to start."""
-    failed: list[OSError] = []
-
-    def run() -> None:
-        try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
-            work()
-        except OSError as exc:
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="leap0-netns")
-    thread.start()
-    thread.join()
-    if failed:
-        raise RunnerError(f"could not configure the sandbox network: {failed[0]}")
 
 
 _host_rules_installed = False
@@ -549,7 +230,7 @@ def install_host_rules() -> None:
         _host_rules_installed = True
 
 
-_HOST_END = re.compile(r"^l0h[0-9a-f]{10}$")  # what _veth_names makes
+_HOST_END = re.compile(r"^l0h[0-9a-f]{10}$")  # what veth_names makes
 
 
 def _adopt_older_veths() -> None:
@@ -558,9 +239,9 @@ def _adopt_older_veths() -> None:
     with contextlib.suppress(OSError):
         for name in os.listdir("/sys/class/net"):
             if _HOST_END.match(name):
-                _ip("link", "set", "dev", name, "group", str(VETH_GROUP))
+                netns.run_ip("link", "set", "dev", name, "group", str(netns.VETH_GROUP))
                 with contextlib.suppress(OSError):
-                    _disable_ipv6(Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"))
+                    netns.disable_ipv6(Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"))
 
 
 def _nft(rules: str, what: str) -> None:
@@ -575,15 +256,17 @@ def setup(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir: Path, *
           cgroup: Sequence[Path] = ()) -> NetworkHandle:
     """Create the sandbox's namespace, connected as its policy allows (module docstring)."""
     name = netns_name(sandbox_id, scope)
-    path = NETNS_DIR / name
+    path = netns.NETNS_DIR / name
     if path.exists():
         # Left over from a crash between setup and teardown: start from a clean namespace.
         teardown(sandbox_id, scope=scope, state_dir=state_dir)
     mode = _mode(policy)
     connected = mode in ("allow-all", "custom")
     try:
-        if not _adopt(_pool(scope).take(connected), name, connected):
-            _make(name, connected)
+        if connected:
+            install_host_rules()  # before any host end of ours is up
+        if not netns.adopt(netns.pool(scope).take(connected), name, connected):
+            netns.make(name, connected)
         if policy is not None and mode == "custom":
             return _filter(name, path, policy, state_dir, bind_dir or state_dir,
                            egress or EgressSettings(), cgroup)
@@ -622,7 +305,7 @@ def _filter_config(path: Path, policy: spec.NetworkPolicy, bind_dir: Path,
         netns_path=str(path), policy=policy.model_dump(mode="json"),
         resolver=egress.resolver,
         upstream_ca_file=str(egress.upstream_ca_file) if egress.upstream_ca_file else None,
-        forbidden_cidrs=[str(SANDBOX_NET)],
+        forbidden_cidrs=[str(netns.SANDBOX_NET)],
         ca_bundle_path=str(bundle) if bundle else None, system_ca_file=SYSTEM_BUNDLE)
 
 
@@ -638,7 +321,7 @@ def ensure_filter(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir:
     A new filter has a new CA; it rewrites the bundle in place, which the sandbox sees."""
     if policy is None or not needs_filter(policy) or egress_filter.alive(state_dir):
         return False
-    path = NETNS_DIR / netns_name(sandbox_id, scope)
+    path = netns.NETNS_DIR / netns_name(sandbox_id, scope)
     if not path.exists():
         raise RunnerError("the sandbox has no network namespace to filter")
     egress_filter.stop(state_dir)  # forget the dead filter's record
@@ -650,15 +333,15 @@ def ensure_filter(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir:
 def teardown(sandbox_id: str, *, scope: str, state_dir: Path | None = None) -> None:
     egress_filter.stop(state_dir)
     name = netns_name(sandbox_id, scope)
-    path = NETNS_DIR / name
+    path = netns.NETNS_DIR / name
     # Deleting the namespace takes its end of the veth, and the host end with it; this
     # also covers a crash between creating the pair and moving one end in.
-    host_if, _ = _veth_names(name)
+    host_if, _ = netns.veth_names(name)
     if Path(f"/sys/class/net/{host_if}").exists():
-        _ip("link", "delete", host_if)
+        netns.run_ip("link", "delete", host_if)
     if not path.exists():
         return
-    done = _ip("netns", "delete", name)
+    done = netns.run_ip("netns", "delete", name)
     if done.returncode != 0 and path.exists():
         # ip refuses when the mount is already gone but the file stays behind.
         sysutil.umount(path)
@@ -669,7 +352,7 @@ def teardown(sandbox_id: str, *, scope: str, state_dir: Path | None = None) -> N
 def list_netns(scope: str) -> list[str]:
     prefix = f"{PREFIX}{scope}-"
     try:
-        names = os.listdir(NETNS_DIR)
+        names = os.listdir(netns.NETNS_DIR)
     except OSError:
         return []
     return sorted(n[len(prefix):] for n in names if n.startswith(prefix))

@@ -91,11 +91,11 @@ def test_paths_that_would_write_into_the_template_or_escape_are_refused(
 ) -> None:
     sid = sandboxes.start()
     with pytest.raises(RunnerError, match="read-only template"):
-        runner.mount(sid, _mount(s3, path="/usr/share/leap0-nope"))
+        runner.mounts.attach(sid, _mount(s3, path="/usr/share/leap0-nope"))
     assert not Path("/usr/share/leap0-nope").exists()
     for bad in ("/proc/x", "/run/leap0/mounts/x", "relative", "/a/../b", "/"):
         with pytest.raises(RunnerError):
-            runner.mount(sid, _mount(s3, path=bad))
+            runner.mounts.attach(sid, _mount(s3, path=bad))
     assert _rclone_pids(runner, sid) == []
 
 

@@ -23,7 +23,7 @@ def test_adding_mounts_never_opens_the_root_for_writing(
     sid = sandboxes.start()
     runner.exec(sid, f"nohup sh -c '{WRITER}' > /tmp/writer.log 2>&1 &")
     for n in range(8):
-        runner.mount(sid, MountConfig(
+        runner.mounts.attach(sid, MountConfig(
             id=f"mnt-{n}", bucket=s3.bucket, mount_path=f"/mnt/p{n}/deeper/d{n}",
             endpoint=s3.endpoint, access_key_id=s3.access_key_id,
             secret_access_key=s3.secret_access_key))

@@ -113,14 +113,14 @@ def test_mounts_are_added_changed_and_removed_live(
     mounting: Runner, sandboxes: Sandboxes, s3: S3
 ) -> None:
     box = sandboxes.start()
-    mounting.mount(box, mount(s3, path="/data/models"))
+    mounting.mounts.attach(box, mount(s3, path="/data/models"))
     assert "readme.txt" in sh(mounting, box, "ls /data/models")
 
-    mounting.mount(box, mount(s3, path="/data/models", prefix="staging/"))  # changed
+    mounting.mounts.attach(box, mount(s3, path="/data/models", prefix="staging/"))  # changed
     assert sh(mounting, box, "ls /data/models").split() == ["secret-plan.txt"]
 
-    mounting.mount(box, mount(s3, mount_id="mnt-2", path="/home/user/more"))
-    mounting.unmount(box, "mnt-1")
+    mounting.mounts.attach(box, mount(s3, mount_id="mnt-2", path="/home/user/more"))
+    mounting.mounts.detach(box, "mnt-1")
     assert mounting.exec(box, "ls /data/models/secret-plan.txt").exit_code != 0
     assert "readme.txt" in sh(mounting, box, "ls /home/user/more")
     assert "rclone" not in sh(mounting, box, "ps -eo args")

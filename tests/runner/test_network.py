@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pulumi_leap0 import spec
-from pulumi_leap0.runner import Runner, network
+from pulumi_leap0.runner import Runner, netns, network
 from tests.runner.conftest import Sandboxes, leftovers, neighbours, require_capability
 
 # Probes run with the sandbox's python3 (the default template is the host's /usr).
@@ -137,7 +137,7 @@ def test_sandboxes_reach_neither_each_other_nor_the_host(
 
 def test_destroy_removes_the_veth(runner: Runner, sandboxes: Sandboxes) -> None:
     box = sandboxes.start(network_policy=policy("allow-all"))
-    host_if, _ = network._veth_names(network.netns_name(box, runner.scope))
+    host_if, _ = netns.veth_names(network.netns_name(box, runner.scope))
     assert Path(f"/sys/class/net/{host_if}").exists()
     runner.destroy(box)
     assert not Path(f"/sys/class/net/{host_if}").exists()
@@ -155,12 +155,12 @@ def _netns_inode(runner: Runner, box: str) -> int:
 
 def _made_ahead(runner: Runner, want: int) -> dict[int, str]:
     """The namespaces made ahead for the runner's scope, by inode, once ``want`` are."""
-    network.refill(runner.scope)
+    netns.refill(runner.scope)
     deadline = time.monotonic() + 30
-    while len(network.prepared(runner.scope)) < want:
+    while len(netns.prepared(runner.scope)) < want:
         assert time.monotonic() < deadline, "no namespaces were made ahead"
         time.sleep(0.05)
-    return {os.stat(network.NETNS_DIR / n).st_ino: n for n in network.prepared(runner.scope)}
+    return {os.stat(netns.NETNS_DIR / n).st_ino: n for n in netns.prepared(runner.scope)}
 
 
 def test_a_namespace_made_ahead_serves_one_sandbox_and_goes_with_it(
@@ -169,17 +169,17 @@ def test_a_namespace_made_ahead_serves_one_sandbox_and_goes_with_it(
     """The warm pool never hands a sandbox's leftovers to another: each namespace made ahead
     is taken by one sandbox, is never among those made ahead again, and is gone with it."""
     require_capability(runner, "network_namespaces", "network_policy")
-    ahead = _made_ahead(runner, sum(network.PREPARED.values()))
+    ahead = _made_ahead(runner, sum(netns.PREPARED.values()))
     first = sandboxes.start(network_policy=policy("allow-all"))
     inode = _netns_inode(runner, first)
     assert inode in ahead, "the sandbox did not get a namespace made ahead"
-    assert ahead[inode] not in network.prepared(runner.scope)
+    assert ahead[inode] not in netns.prepared(runner.scope)
     assert probe(runner, first, "tcp", test_host.address, test_host.http_port).startswith("HTTP")
     # What a tenant could leave in a namespace, had it the rights: the test, as root, can.
     name = network.netns_name(first, runner.scope)
     subprocess.run(["ip", "-n", name, "addr", "add", LEFTOVER, "dev", "lo"], check=True)
     # Held open, the namespace cannot be freed, so its inode number names it alone.
-    held = os.open(network.NETNS_DIR / name, os.O_RDONLY)
+    held = os.open(netns.NETNS_DIR / name, os.O_RDONLY)
     try:
         runner.destroy(first)
         assert leftovers(runner, first) == []
@@ -196,7 +196,7 @@ def test_a_namespace_made_ahead_serves_one_sandbox_and_goes_with_it(
                                    check=True).stdout
             assert LEFTOVER not in addrs
         # The held namespace is no sandbox's and no pool's any more.
-        assert all(os.stat(network.NETNS_DIR / n).st_ino != inode
-                   for n in os.listdir(network.NETNS_DIR))
+        assert all(os.stat(netns.NETNS_DIR / n).st_ino != inode
+                   for n in os.listdir(netns.NETNS_DIR))
     finally:
         os.close(held)

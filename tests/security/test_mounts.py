@@ -225,7 +225,7 @@ def test_a_redirect_does_not_take_rclone_to_the_host(
         config = MountConfig(id="mnt-redirect", bucket="host-private", mount_path="/mnt/x",
                              endpoint=endpoint)
         with pytest.raises(RunnerError):
-            runner.mount(box, config)
+            runner.mounts.attach(box, config)
     assert canary.peers == []
     assert list((runner.root_dir / box / "mounts").glob("*")) == []  # nothing half-made
 

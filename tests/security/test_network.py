@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pulumi_leap0 import spec
-from pulumi_leap0.runner import Runner, network
+from pulumi_leap0.runner import Runner, netns, network
 from tests.runner import conftest as runner_fixtures
 from tests.runner.conftest import Sandboxes, require_capability
 from tests.security.listeners import Listener
@@ -92,7 +92,7 @@ def v6_addresses(*ip_args: str) -> list[str]:
 def host_end_targets(runner: Runner, sandbox_id: str, port: int) -> list[str]:
     """Every IPv6 way to the host end of the sandbox's veth: the link-local address it has
     (or would have), through the sandbox's eth0, and its IPv4 address mapped into IPv6."""
-    host_if, _ = network._veth_names(network.netns_name(sandbox_id, runner.scope))
+    host_if, _ = netns.veth_names(network.netns_name(sandbox_id, runner.scope))
     mac = Path(f"/sys/class/net/{host_if}/address").read_text().strip()
     local = {eui64_link_local(mac), *v6_addresses("addr", "show", "dev", host_if,
                                                   "scope", "link")}
@@ -130,7 +130,7 @@ def test_a_sandbox_started_before_the_upgrade_is_closed_too(
     interface group, IPv6 on) is closed once the new host rules are installed."""
     require_capability(runner, "network_namespaces", "network_policy")
     box = sandboxes.start(network_policy=mode("allow-all"))
-    host_if, _ = network._veth_names(network.netns_name(box, runner.scope))
+    host_if, _ = netns.veth_names(network.netns_name(box, runner.scope))
     subprocess.run(["ip", "link", "set", "dev", host_if, "group", "0"], check=True)
     Path(f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6").write_text("0")
     subprocess.run(["ip", "netns", "exec", network.netns_name(box, runner.scope), "sysctl",
@@ -160,7 +160,7 @@ def test_no_sandbox_end_has_an_ipv6_address_but_loopback_keeps_one(
     require_capability(runner, "network_namespaces", "network_policy")
     box = sandboxes.start(network_policy=mode("allow-all"))
     name = network.netns_name(box, runner.scope)
-    host_if, _ = network._veth_names(name)
+    host_if, _ = netns.veth_names(name)
     assert v6_addresses("addr", "show", "dev", host_if) == []
     assert v6_addresses("-n", name, "addr", "show", "dev", "eth0") == []
     served = runner.exec(box, "python3 -c 'import socket; s = socket.create_server((\"::1\", 0), "
