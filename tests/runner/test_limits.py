@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
-from pulumi_leap0.runner import Runner
+from pulumi_leap0.runner import Runner, cgroups, sysutil
+from tests.support import require
 
 from .conftest import Sandboxes, leftovers
 
@@ -70,3 +72,25 @@ def test_freeze_keeps_state_and_stops_time(limited_runner: Runner,
     after = int(runner.files.read_file(a, "/tmp/n"))
     assert after > int(frozen_at)  # the same process carried on counting
     assert runner.exec(a, "ps -eo args | grep -c '^sh -c i=0'").stdout.strip() == "1"
+
+
+def _favoured_mounts() -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if " - cgroup " in line and "favordynmods" in line.partition(" - ")[2]]
+
+
+def test_a_runner_keeps_cgroup_moves_cheap_with_a_hierarchy_that_limits_nothing(
+        limited_runner: Runner, tmp_path: Path) -> None:
+    # Without it, each sandbox's first cgroup move waits for an RCU grace period (6-15 ms
+    # of every create): cgroups.favor_dynamic_moves. Start from a host without it.
+    while any(f" {cgroups.DYNMODS_MOUNT} " in line for line in _favoured_mounts()):
+        sysutil.umount(cgroups.DYNMODS_MOUNT, lazy=False)
+    require(not _favoured_mounts(), "another favordynmods cgroup mount is on this host")
+    fresh = Runner(tmp_path / "fresh")
+    try:
+        mounted = [line for line in _favoured_mounts() if f" {cgroups.DYNMODS_MOUNT} " in line]
+        assert len(mounted) == 1, _favoured_mounts()
+        options = mounted[0].partition(" - ")[2].split(" ")[2].split(",")
+        assert not set(options) & set(cgroups.V1_CONTROLLERS), options  # it limits nothing
+    finally:
+        fresh.close()
