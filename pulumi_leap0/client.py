@@ -18,12 +18,16 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import httpx
 from pydantic import BaseModel
 
 from pulumi_leap0 import spec
+
+if TYPE_CHECKING:
+    # httpx (~80 ms to import) is loaded by the first client made, not by importing this
+    # module: a Pulumi program imports it through the resources and never sends a request.
+    import httpx
 
 DEFAULT_BASE_URL = "https://api.leap0.dev"
 API_KEY_ENV = "LEAP0_API_KEY"
@@ -89,6 +93,8 @@ class RetryPolicy:
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     # Loading the CA store costs ~25 ms; the provider builds a client per engine call.
+    import httpx
+
     return httpx.create_ssl_context()
 
 
@@ -146,6 +152,8 @@ class Leap0Client:
         )
         self.base_url = url
         self.retry = retry or RetryPolicy()
+        import httpx
+
         self._http = httpx.Client(
             base_url=url,
             headers=headers,
@@ -336,6 +344,8 @@ class Leap0Client:
         params: Mapping[str, str | int] | None,
         timeout: float | None,
     ) -> httpx.Response:
+        import httpx
+
         idempotent = method in _IDEMPOTENT
         attempt = 0
         while True:

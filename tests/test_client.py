@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
@@ -177,3 +179,16 @@ def test_execute_waits_longer_than_the_command_may_run() -> None:
         result = client.execute("sbx-1", spec.ExecuteRequest(command="echo hi", timeout=120))
     assert result.stdout == "hi\n"
     assert faults.requests[0].extensions["timeout"]["read"] >= 120
+
+
+def test_a_program_importing_the_resources_does_not_load_httpx() -> None:
+    # A Pulumi program and a preview's provider process never send a request: the client's
+    # HTTP stack (~80 ms of import) is loaded by the first client made, not before.
+    probe = (
+        "import sys, pulumi_leap0.resource, pulumi_leap0.provider; "
+        "assert 'httpx' not in sys.modules, 'httpx imported'; "
+        "from pulumi_leap0.client import Leap0Client; "
+        "Leap0Client('key', 'http://127.0.0.1:1').close(); "
+        "assert 'httpx' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
