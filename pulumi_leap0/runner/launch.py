@@ -20,9 +20,10 @@ first process exists (``join``), and a chain that could not join never gets its 
 and is killed. One process start (and two ``execve``) instead of four: this is on every
 sandbox's start path. What stays costly is the move itself: the first write to a
 ``cgroup.procs`` waits for an RCU grace period (the kernel's ``cgroup_threadgroup_rwsem``,
-6-15 ms on our 2-core VMs; the others then take microseconds). It overlaps the chain's
-``execve``s; ``favordynmods`` on the host's cgroup mounts, or ``CLONE_INTO_CGROUP`` on v2,
-would avoid it.
+6-15 ms on our 2-core VMs; the others then take microseconds). The runner avoids it by
+keeping a hierarchy mounted with ``favordynmods`` (``cgroupmoves.py``); where the kernel
+refuses that, the move overlaps the chain's ``execve``s (``CLONE_INTO_CGROUP`` would be
+the way on v2).
 
 Every link is a function that returns its argv, so the chain can be read and tested without
 root; ``init_argv`` joins them and ``spawn`` runs the result. The exec path (``exec.py``)

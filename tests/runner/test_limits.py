@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from pulumi_leap0.runner import Runner, cgroups, sysutil
+from pulumi_leap0.runner import Runner, cgroupmoves, sysutil
+from pulumi_leap0.runner.cgroups import V1_CONTROLLERS
 from tests.support import require
 
 from .conftest import Sandboxes, leftovers
@@ -82,15 +83,15 @@ def _favoured_mounts() -> list[str]:
 def test_a_runner_keeps_cgroup_moves_cheap_with_a_hierarchy_that_limits_nothing(
         limited_runner: Runner, tmp_path: Path) -> None:
     # Without it, each sandbox's first cgroup move waits for an RCU grace period (6-15 ms
-    # of every create): cgroups.favor_dynamic_moves. Start from a host without it.
-    while any(f" {cgroups.DYNMODS_MOUNT} " in line for line in _favoured_mounts()):
-        sysutil.umount(cgroups.DYNMODS_MOUNT, lazy=False)
+    # of every create): cgroupmoves.favor_dynamic_moves. Start from a host without it.
+    while any(f" {cgroupmoves.DYNMODS_MOUNT} " in line for line in _favoured_mounts()):
+        sysutil.umount(cgroupmoves.DYNMODS_MOUNT, lazy=False)
     require(not _favoured_mounts(), "another favordynmods cgroup mount is on this host")
     fresh = Runner(tmp_path / "fresh")
     try:
-        mounted = [line for line in _favoured_mounts() if f" {cgroups.DYNMODS_MOUNT} " in line]
+        mounted = [line for line in _favoured_mounts() if f" {cgroupmoves.DYNMODS_MOUNT} " in line]
         assert len(mounted) == 1, _favoured_mounts()
         options = mounted[0].partition(" - ")[2].split(" ")[2].split(",")
-        assert not set(options) & set(cgroups.V1_CONTROLLERS), options  # it limits nothing
+        assert not set(options) & set(V1_CONTROLLERS), options  # it limits nothing
     finally:
         fresh.close()
