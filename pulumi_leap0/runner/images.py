@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pulumi_leap0.runner import sysutil
+from pulumi_leap0.runner import network, sysutil
 from pulumi_leap0.runner.errors import RunnerError
 
 log = logging.getLogger("leap0.runner.images")
@@ -159,7 +159,8 @@ class ImageStore:
         tls = ["--src-tls-verify=false"] if registry in self.insecure else []
         # --insecure-policy: no signature policy of the host's applies; trust is the
         # registry's TLS (and the digest the answer reports).
-        argv = ["skopeo", "--insecure-policy", "--tmpdir", str(scratch), "copy",
+        argv = [*self._fence(registry), "skopeo", "--insecure-policy", "--tmpdir", str(scratch),
+                "copy",
                 "--retry-times", "0", *auth, *tls, "--digestfile", str(scratch / "digest"),
                 f"docker://{uri}", f"oci:{scratch / 'oci'}:image"]
         _run(argv, scratch, deadline, deadline - time.monotonic(), max_mib, "pull",
@@ -172,6 +173,17 @@ class ImageStore:
         digest = (scratch / "digest").read_text().strip()
         _hex(digest)
         return digest
+
+    def _fence(self, registry: str) -> list[str]:
+        """skopeo dials the host a tenant named, from the host, as root: run it with the
+        fenced group (``network.FENCED_GID``, as rclone), whose packets the host table refuses
+        to this host's own addresses and to what the egress guard refuses (link-local
+        metadata, the sandbox networks). The registries an operator named with
+        ``--insecure-registry`` are theirs to reach, so they are not fenced."""
+        if registry in self.insecure or os.geteuid() != 0:
+            return []  # not root: no fence to set, and no host service reachable as root
+        network.install_host_rules()
+        return ["setpriv", f"--regid={network.FENCED_GID}", "--clear-groups", "--"]
 
     def _keep(self, digest: str, scratch: Path, deadline: float, timeout_s: float) -> Image:
         bundle = scratch / "bundle"

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pulumi_leap0 import spec
 from pulumi_leap0.runner.errors import RunnerError
-from pulumi_leap0.runner.images import Image
+
+if TYPE_CHECKING:  # images.py runs its pulls in the network fence, which needs these types
+    from pulumi_leap0.runner.images import Image
 
 
 def check_env(env: Mapping[str, str]) -> None:

@@ -3,6 +3,7 @@ registries on loopback (``tests/fixtures/registry.py``) and the reference backen
 
 from __future__ import annotations
 
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,20 @@ def test_a_snapshot_of_an_image_sandbox_restores_on_the_image_with_its_changes(
         rootfs = backend.data_dir / "images" / template.digest.split(":")[1] / "rootfs"
         assert not (rootfs / "app" / "added").exists()
         leap0.templates.delete(template.id)
+
+
+def test_a_pull_never_reaches_the_hosts_own_services(backend: BackendServer,
+                                                     api_key: str) -> None:
+    # The attack: "a registry" at a service of the host's own (a listener on loopback, as a
+    # database or a metadata service would be). skopeo dials from the host, as root; the
+    # listener must not even see a connection, let alone a TLS hello.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with http(backend, api_key) as api:
+            answer = api.post("/v1/template", json={"name": _name(),
+                                                    "uri": f"127.0.0.1:{port}/tests/x:v1"})
+        assert answer.status_code == 400, answer.text
+        assert fields(answer) == ["uri"]
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
