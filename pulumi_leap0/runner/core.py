@@ -142,7 +142,7 @@ class Runner:
         # The calls on a running sandbox besides the lifecycle, by its id, one module each.
         records, cg = self._records, self._cg
         self.files = SandboxFiles(records, self._files)
-        self.terminals = self._terminals = terminals.Terminals(records, self._cgroups, cg)
+        self.terminals = terminals.Terminals(records, self._cgroups, cg)
         self.git = SandboxGit(records, self._cgroups, cg)
         self.snapshots = snapshots.Snapshots(records, self._cgroups, cg, self._id_lock)
         self.ingress = ingress.Ingress(records)
@@ -238,8 +238,8 @@ class Runner:
         owner = self._host_identity(config.id, kept)
         steps("uid")
         state_dir, rt = self._records.state_dir(config.id), self._records.runtime(config.id)
-        # Root's alone: state.json and bwrap.args hold env values, init.log what the chain
-        # said, and nothing that runs as another uid needs a path below.
+        # Root's alone: state.json holds env values, init.log what the chain said, and
+        # nothing that runs as another uid needs a path below.
         state_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(state_dir, 0o700)
         layer.make_runtime(rt, owner, privileged=self._privileged)
@@ -380,7 +380,7 @@ class Runner:
 
     def _teardown(self, sandbox_id: str, *, keep_layer: bool) -> None:
         self._files.stop(sandbox_id)
-        self._terminals.stop(sandbox_id)
+        self.terminals.stop(sandbox_id)
         box = self._records.get(sandbox_id)
         state_dir = self._records.state_dir(sandbox_id)
         if box is not None:

@@ -143,11 +143,21 @@ def _move_netns(src: Path, dst: Path) -> None:
 
 
 def discard(name: str) -> None:
+    """Remove namespace ``name`` and its veth; idempotent."""
+    # Deleting the namespace takes its end of the veth, and the host end with it; this
+    # also covers a crash between creating the pair and moving one end in.
     host_if, _ = veth_names(name)
     if Path(f"/sys/class/net/{host_if}").exists():
         run_ip("link", "delete", host_if)
-    if (NETNS_DIR / name).exists():
-        run_ip("netns", "delete", name)
+    path = NETNS_DIR / name
+    if not path.exists():
+        return
+    done = run_ip("netns", "delete", name)
+    if done.returncode != 0 and path.exists():
+        # ip refuses when the mount is already gone but the file stays behind.
+        sysutil.umount(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _alive(pid: int) -> bool:

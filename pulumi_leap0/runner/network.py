@@ -332,21 +332,7 @@ def ensure_filter(sandbox_id: str, policy: spec.NetworkPolicy | None, state_dir:
 
 def teardown(sandbox_id: str, *, scope: str, state_dir: Path | None = None) -> None:
     egress_filter.stop(state_dir)
-    name = netns_name(sandbox_id, scope)
-    path = netns.NETNS_DIR / name
-    # Deleting the namespace takes its end of the veth, and the host end with it; this
-    # also covers a crash between creating the pair and moving one end in.
-    host_if, _ = netns.veth_names(name)
-    if Path(f"/sys/class/net/{host_if}").exists():
-        netns.run_ip("link", "delete", host_if)
-    if not path.exists():
-        return
-    done = netns.run_ip("netns", "delete", name)
-    if done.returncode != 0 and path.exists():
-        # ip refuses when the mount is already gone but the file stays behind.
-        sysutil.umount(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    netns.discard(netns_name(sandbox_id, scope))
 
 
 def list_netns(scope: str) -> list[str]:
